@@ -1,0 +1,211 @@
+"""`alloy`: the command line. Each command reads its inputs, calls the library, and reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from llm_alloy.config import ConfigError, load_config
+from llm_alloy.models.spec import ModelSpec, ModelsSection
+from llm_alloy.models.types import ModelError
+
+app = typer.Typer(
+    help="llm-alloy: fuse the knowledge of several heterogeneous LLMs into one target LLM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The small models that ship inside PyPI packages.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+# Errors a user can fix: reported as one line, no traceback.
+USER_ERRORS = (ConfigError, ModelError, FileNotFoundError, ValueError)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def fail(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def local_spec(name: str, **overrides) -> ModelSpec:
+    return ModelSpec(name=name, backend="local", path=name, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def model_from(model: str, config: Optional[Path]) -> ModelSpec:
+    """A model declared in a config, or (without one) a packaged name, local folder or hub id."""
+    if config is None:
+        return local_spec(model)
+    return load_config(config, ModelsSection).model(model)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Show the packaged models, whether their package is installed and whether they are converted."""
+    from llm_alloy.models.registry import PACKAGED_MODELS, converted_dir
+
+    table = Table(title="packaged models")
+    for column in ("name", "package", "installed", "converted", "about"):
+        table.add_column(column)
+    for packaged in PACKAGED_MODELS.values():
+        converted = (converted_dir(packaged.name) / "config.json").exists() if packaged.kind == "causal-lm" else None
+        table.add_row(
+            packaged.name,
+            packaged.package,
+            "yes" if packaged.is_installed() else escape(f"no: {packaged.pip}"),
+            {True: "yes", False: "no", None: "-"}[converted],
+            packaged.description,
+        )
+    Console().print(table)
+
+
+@models_app.command("prepare")
+def models_prepare(names: list[str] = typer.Argument(..., help="packaged model names")) -> None:
+    """Convert packaged GGUF models to safetensors once, so later loads take under a second."""
+    from llm_alloy.models.registry import resolve_model_path
+
+    try:
+        for name in names:
+            with console.status(f"preparing {name}"):
+                console.print(f"{name}: {resolve_model_path(name)}")
+    except Exception as error:  # the registry names the missing package or the bad file
+        fail(error)
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="a model declared in --config, or a packaged name / folder / hub id"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="one user message"),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL, one {'prompt': ...} or {'messages': [...]} a line"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL of completions (default: print)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with a models: list"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="overrides the model's default"),
+    temperature: Optional[float] = typer.Option(None, help="overrides the model's default; 0 = greedy"),
+    samples: int = typer.Option(1, min=1, help="completions per prompt (sample indices 0..N-1)"),
+    cache: Optional[Path] = typer.Option(None, help="sqlite response cache; reruns repeat no call"),
+    batch: int = typer.Option(32, min=1, help="conversations per call (progress granularity)"),
+) -> None:
+    """Generate completions for one prompt or a JSONL file of prompts."""
+    from llm_alloy.models.cache import ResponseCache
+    from llm_alloy.models.factory import build_backend
+
+    try:
+        spec = model_from(model, config)
+        conversations = read_conversations(prompt, input)
+        params = spec.generation.merged(max_new_tokens=max_new_tokens, temperature=temperature)
+        backend = build_backend(spec, ResponseCache(cache) if cache else None)
+        out = output.open("w") if output else sys.stdout
+        with progress_bar() as progress:
+            task = progress.add_task(f"{spec.name}", total=len(conversations) * samples)
+            for sample_index in range(samples):
+                for start in range(0, len(conversations), batch):
+                    chunk = conversations[start : start + batch]
+                    completions = backend.generate(
+                        chunk, params, sample_index, on_result=lambda *_: progress.advance(task)
+                    )
+                    for offset, completion in enumerate(completions):
+                        record = {"index": start + offset, "sample": sample_index, **completion.to_dict()}
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+        if output:
+            out.close()
+            console.print(f"wrote {len(conversations) * samples} completions to {output}")
+    except USER_ERRORS as error:
+        fail(error)
+
+
+def read_conversations(prompt: Optional[str], input: Optional[Path]) -> list[list[dict[str, str]]]:
+    if (prompt is None) == (input is None):
+        raise ValueError("give exactly one of --prompt or --input")
+    if prompt is not None:
+        return [[{"role": "user", "content": prompt}]]
+    conversations = []
+    for number, line in enumerate(input.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            conversations.append(record["messages"] if "messages" in record else [{"role": "user", "content": record["prompt"]}])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{input}:{number}: expected a JSON object with 'prompt' or 'messages'") from None
+    return conversations
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="packaged name (e.g. smollm2-135m-instruct), local folder or hub id"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int = typer.Option(8000, help="port"),
+    name: Optional[str] = typer.Option(None, help="the model id clients ask for (default: MODEL)"),
+    device: str = typer.Option("cpu", help="torch device"),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16"),
+    batch_size: int = typer.Option(8, min=1, help="concurrent requests gathered into one forward pass"),
+) -> None:
+    """Serve a local model over an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    from llm_alloy.models.local import LocalBackend
+    from llm_alloy.models.server import serve as run_server
+
+    try:
+        backend = LocalBackend(name or model, model, device, dtype, batch_size)
+        with console.status(f"loading {model}"):
+            backend.load()
+        console.print(f"serving '{backend.name}' at http://{host}:{port}/v1")
+        run_server(backend, host, port)
+    except (OSError, *USER_ERRORS) as error:
+        fail(error)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory")) -> None:
+    """The embedded default: packaged small models on CPU, offline."""
+    from llm_alloy.models.local import LocalBackend
+    from llm_alloy.models.openai_backend import OpenAIBackend
+    from llm_alloy.models.server import create_app, serve_in_thread
+    from llm_alloy.models.types import GenerationParams
+
+    questions = ["What is the capital of France?", "Give one tip for writing clear code.", "What is 12 times 7?"]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    params = GenerationParams(max_new_tokens=48)
+    table = Table(title="llm-alloy demo: two packaged models through both backends")
+    for column in ("model", "backend", "question", "answer", "tokens", "seconds"):
+        table.add_column(column)
+    try:
+        local = {name: LocalBackend(name, name).load() for name in ("smollm2-135m-instruct", "tiny-llama")}
+        for name, backend in local.items():
+            with serve_in_thread(create_app(backend)) as url:
+                for kind, client in (("local", backend), ("openai", OpenAIBackend(name, url, name))):
+                    started = time.perf_counter()
+                    completions = client.generate(chats, params)
+                    seconds = (time.perf_counter() - started) / len(chats)
+                    for question, completion in zip(questions, completions):
+                        table.add_row(
+                            name, kind, question, completion.text.strip().replace("\n", " ")[:80],
+                            str(completion.usage.completion_tokens), f"{seconds:.2f}",
+                        )
+    except USER_ERRORS as error:
+        fail(error)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()
