@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -176,35 +175,79 @@ def serve(
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory")) -> None:
-    """The embedded default: packaged small models on CPU, offline."""
-    from llm_alloy.models.local import LocalBackend
-    from llm_alloy.models.openai_backend import OpenAIBackend
-    from llm_alloy.models.server import create_app, serve_in_thread
-    from llm_alloy.models.types import GenerationParams
+def explore(
+    config: Path = typer.Argument(..., help="explore config (YAML); see README"),
+    out: Path = typer.Argument(..., help="run directory; rerun the same command to resume"),
+    report: bool = typer.Option(True, help="write OUT/report.html at the end"),
+) -> None:
+    """Bohdi: grow a knowledge tree with the sources, generate data where the target is weak, train it."""
+    from llm_alloy.explore.config import ExploreConfig
 
-    questions = ["What is the capital of France?", "Give one tip for writing clear code.", "What is 12 times 7?"]
-    chats = [[{"role": "user", "content": q}] for q in questions]
-    params = GenerationParams(max_new_tokens=48)
-    table = Table(title="llm-alloy demo: two packaged models through both backends")
-    for column in ("model", "backend", "question", "answer", "tokens", "seconds"):
-        table.add_column(column)
     try:
-        local = {name: LocalBackend(name, name).load() for name in ("smollm2-135m-instruct", "tiny-llama")}
-        for name, backend in local.items():
-            with serve_in_thread(create_app(backend)) as url:
-                for kind, client in (("local", backend), ("openai", OpenAIBackend(name, url, name))):
-                    started = time.perf_counter()
-                    completions = client.generate(chats, params)
-                    seconds = (time.perf_counter() - started) / len(chats)
-                    for question, completion in zip(questions, completions):
-                        table.add_row(
-                            name, kind, question, completion.text.strip().replace("\n", " ")[:80],
-                            str(completion.usage.completion_tokens), f"{seconds:.2f}",
-                        )
+        run_explore(load_config(config, ExploreConfig), out, report)
     except USER_ERRORS as error:
         fail(error)
-    Console().print(table)
+
+
+def run_explore(explore_config, out: Path, report: bool) -> None:
+    from llm_alloy.explore.run import ExploreRun, stages
+
+    run = ExploreRun(explore_config, out, log=lambda line: console.print(escape(line)))
+    all_stages = stages(explore_config)
+    console.print(f"run directory {out}: {len(run.state.done)}/{len(all_stages)} stages already done")
+    try:
+        with progress_bar() as progress:
+            task = progress.add_task("explore", total=len(all_stages), completed=len(run.state.done))
+
+            def on_stage(stage: str, metrics: dict) -> None:
+                progress.advance(task)
+                progress.console.print(escape(stage_line(stage, metrics)))
+
+            run.run(on_stage)
+    finally:
+        run.close()
+    if report:
+        write_report(out)
+
+
+def stage_line(stage: str, metrics: dict) -> str:
+    if metrics.get("kind") == "explore":
+        return (
+            f"{stage}: leader {metrics['leader']}, {metrics['questions']} questions kept, "
+            f"{metrics['dropped']} dropped, {metrics['abandoned_paths']} paths abandoned, {metrics['domains']} domains"
+        )
+    if metrics.get("kind") == "train":
+        losses = metrics.get("losses") or []
+        loss = f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""
+        return f"{stage}: trained on {metrics['examples']} examples{loss}"
+    return f"{stage}: {len(metrics.get('rebirths', []))} nodes reborn"
+
+
+def write_report(out: Path) -> None:
+    from llm_alloy.report.explore_report import write_explore_report
+
+    path = write_explore_report(out)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def report(out: Path = typer.Argument(..., help="a run directory of alloy explore")) -> None:
+    """Write OUT/report.html: the tree, allocation, per-domain accuracy, imbalance, tokens and cost."""
+    try:
+        write_report(out)
+    except USER_ERRORS as error:
+        fail(error)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory (resumable)")) -> None:
+    """The embedded default: Bohdi on the packaged models, on CPU, offline, in minutes."""
+    from llm_alloy.explore.config import ExploreConfig, demo_config
+
+    try:
+        run_explore(ExploreConfig.model_validate(demo_config()), out, report=True)
+    except USER_ERRORS as error:
+        fail(error)
 
 
 if __name__ == "__main__":
