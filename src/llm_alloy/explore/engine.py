@@ -28,7 +28,7 @@ from llm_alloy.explore.sprout import tally_proposals
 from llm_alloy.explore.tree import KnowledgeTree
 from llm_alloy.models.base import Backend
 from llm_alloy.models.ledger import Ledger
-from llm_alloy.models.types import Completion, Conversation, GenerationParams
+from llm_alloy.models.types import Completion, Conversation, GenerationParams, SampleIndex
 
 SimilarFn = Callable[[str, str], bool]
 
@@ -78,7 +78,12 @@ class Explorer:
 
     # -- model calls, always through here so the ledger sees every one ---------------------------
     def _generate(
-        self, backend: Backend, role: str, conversations: list[Conversation], params: GenerationParams, sample: int = 0
+        self,
+        backend: Backend,
+        role: str,
+        conversations: list[Conversation],
+        params: GenerationParams,
+        sample: SampleIndex = 0,
     ) -> list[Completion]:
         if not conversations:
             return []
@@ -108,10 +113,12 @@ class Explorer:
                 existing=", ".join(parent.children) or "none", level_instruction=instruction
             )
             proposals = []
-            for name, backend in self.sources.items():
-                for sample in range(settings.sprout_samples):
-                    text = self._generate(backend, "sprout", [conversation], self.config.roles.sprout, sample)[0].text
-                    proposal = parse_domain(text, self.parse_log)
+            samples = list(range(settings.sprout_samples))
+            for backend in self.sources.values():
+                # The k samples of one request share a batch, told apart by their sample indices.
+                outputs = self._generate(backend, "sprout", [conversation] * len(samples), self.config.roles.sprout, samples)
+                for completion in outputs:
+                    proposal = parse_domain(completion.text, self.parse_log)
                     if proposal is not None:
                         proposals.append(proposal)
             tally = tally_proposals(proposals, tree.domain_names(), self.is_similar)
