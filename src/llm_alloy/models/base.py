@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 
-from llm_alloy.models.types import Completion, Conversation, GenerationParams, OnResult, ScoredText
+from llm_alloy.models.types import Completion, Conversation, GenerationParams, OnResult, SampleIndex, ScoredText
 
 
 class Backend(ABC):
@@ -27,17 +27,18 @@ class Backend(ABC):
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        """One completion per conversation, in order. `sample_index` tells repeated samples of the
-        same request apart (it is folded into the seed), so sampled outputs can be cached too."""
+        """One completion per conversation, in order. `sample_index` (one for all, or one per
+        conversation) tells repeated samples of the same request apart: it is folded into the seed,
+        so sampled outputs can be cached too, and k samples of one request can share a batch."""
 
     async def agenerate(
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
         return await asyncio.to_thread(self.generate, conversations, params, sample_index, on_result)

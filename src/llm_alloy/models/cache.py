@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from llm_alloy.models.base import Backend
-from llm_alloy.models.types import Completion, Conversation, GenerationParams, OnResult, ScoredText
+from llm_alloy.models.types import (
+    Completion,
+    Conversation,
+    GenerationParams,
+    OnResult,
+    SampleIndex,
+    ScoredText,
+    sample_indices,
+)
 
 
 class ResponseCache:
@@ -79,21 +87,24 @@ class CachedBackend(Backend):
     def identity(self) -> str:
         return self.inner.identity
 
-    def _keys(self, kind: str, requests: list[Any], params: dict[str, Any], sample_index: int) -> list[str]:
-        return [
-            self.cache.key(self.identity, self.model_id, {"kind": kind, "input": r, "params": params}, sample_index)
-            for r in requests
+    def _plan(self, conversations: list[Conversation], params: GenerationParams, sample_index: SampleIndex):
+        """Cache keys, the completions found, and the positions still to ask the wrapped backend for."""
+        indices = sample_indices(sample_index, len(conversations))
+        settings = params.model_dump(mode="json")
+        keys = [
+            self.cache.key(self.identity, self.model_id, {"kind": "chat", "input": c, "params": settings}, i)
+            for c, i in zip(conversations, indices)
         ]
-
-    def _split(self, keys: list[str], decode):
-        found: dict[int, Any] = {}
-        for i, key in enumerate(keys):
+        found: dict[int, Completion] = {}
+        for position, key in enumerate(keys):
             cached = self.cache.get(key)
             if cached is not None:
-                found[i] = decode(cached)
+                found[position] = Completion.from_dict(cached, cached=True)
         self.hits += len(found)
         self.misses += len(keys) - len(found)
-        return found, [i for i in range(len(keys)) if i not in found]
+        missing = [p for p in range(len(keys)) if p not in found]
+        request = ([conversations[p] for p in missing], params, [indices[p] for p in missing])
+        return keys, found, missing, request
 
     def _storer(self, keys: list[str], missing: list[int], on_result: OnResult | None) -> OnResult:
         def store(position: int, completion: Completion) -> None:
@@ -108,32 +119,24 @@ class CachedBackend(Backend):
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        keys = self._keys("chat", conversations, params.model_dump(mode="json"), sample_index)
-        found, missing = self._split(keys, lambda d: Completion.from_dict(d, cached=True))
+        keys, found, missing, request = self._plan(conversations, params, sample_index)
         if missing:
-            fresh = self.inner.generate(
-                [conversations[i] for i in missing], params, sample_index, self._storer(keys, missing, on_result)
-            )
-            found.update(zip(missing, fresh))
+            found.update(zip(missing, self.inner.generate(*request, self._storer(keys, missing, on_result))))
         return [found[i] for i in range(len(conversations))]
 
     async def agenerate(
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        keys = self._keys("chat", conversations, params.model_dump(mode="json"), sample_index)
-        found, missing = self._split(keys, lambda d: Completion.from_dict(d, cached=True))
+        keys, found, missing, request = self._plan(conversations, params, sample_index)
         if missing:
-            fresh = await self.inner.agenerate(
-                [conversations[i] for i in missing], params, sample_index, self._storer(keys, missing, on_result)
-            )
-            found.update(zip(missing, fresh))
+            found.update(zip(missing, await self.inner.agenerate(*request, self._storer(keys, missing, on_result))))
         return [found[i] for i in range(len(conversations))]
 
     def score(self, prompts: list[str], continuations: list[str], top_logprobs: int = 0) -> list[ScoredText]:

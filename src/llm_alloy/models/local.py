@@ -14,9 +14,11 @@ from llm_alloy.models.types import (
     Conversation,
     GenerationParams,
     OnResult,
+    SampleIndex,
     ScoredText,
     TokenLogprob,
     Usage,
+    sample_indices,
 )
 
 _ROLE_PREFIX = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -103,7 +105,7 @@ class LocalBackend(Backend):
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
         prompts = [self.render(c) for c in conversations]
@@ -113,16 +115,17 @@ class LocalBackend(Backend):
         self,
         prompts: list[str],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
         """Generate from already-formatted prompts (the completions endpoint uses this directly)."""
+        indices = sample_indices(sample_index, len(prompts))
         results: list[Completion | None] = [None] * len(prompts)
         # Similar lengths batched together waste less compute on padding.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            seed = derive_seed(params.seed, sample_index, tuple(prompts[i] for i in chunk))
+            seed = derive_seed(params.seed, tuple(indices[i] for i in chunk), tuple(prompts[i] for i in chunk))
             for i, completion in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, seed)):
                 results[i] = completion
                 if on_result:

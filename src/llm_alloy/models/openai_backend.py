@@ -24,9 +24,11 @@ from llm_alloy.models.types import (
     GenerationParams,
     ModelError,
     OnResult,
+    SampleIndex,
     ScoredText,
     TokenLogprob,
     Usage,
+    sample_indices,
 )
 
 T = TypeVar("T")
@@ -137,7 +139,7 @@ class OpenAIBackend(Backend):
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
         return _LoopThread.get().run(self._generate_all(conversations, params, sample_index, on_result))
@@ -146,14 +148,16 @@ class OpenAIBackend(Backend):
         self,
         conversations: list[Conversation],
         params: GenerationParams,
-        sample_index: int = 0,
+        sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
         return await _LoopThread.get().arun(self._generate_all(conversations, params, sample_index, on_result))
 
     async def _generate_all(self, conversations, params, sample_index, on_result) -> list[Completion]:
+        indices = sample_indices(sample_index, len(conversations))
+
         async def one(index: int, conversation: Conversation) -> Completion:
-            completion = await self._chat(conversation, params, sample_index)
+            completion = await self._chat(conversation, params, indices[index])
             if on_result:
                 on_result(index, completion)
             return completion

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +11,17 @@ Conversation = list[dict[str, str]]
 """A chat: [{"role": "system"|"user"|"assistant", "content": "..."}, ...]."""
 
 FinishReason = Literal["stop", "length"]
+
+SampleIndex = int | Sequence[int]
+"""Which sample of a request this is: one index for the whole batch, or one per conversation."""
+
+
+def sample_indices(sample_index: SampleIndex, n: int) -> list[int]:
+    if isinstance(sample_index, int):
+        return [sample_index] * n
+    if len(sample_index) != n:
+        raise ValueError(f"{len(sample_index)} sample indices for {n} conversations")
+    return list(sample_index)
 
 
 class GenerationParams(BaseModel):
