@@ -49,6 +49,7 @@ class Roles(_Section):
     question: GenerationParams = GenerationParams(max_new_tokens=160, temperature=0.9)
     answer: GenerationParams = GenerationParams(max_new_tokens=256, temperature=0.0)
     judge: GenerationParams = GenerationParams(max_new_tokens=24, temperature=0.7)
+    answer_system: str | None = Field(None, description="system prompt for every answering model (e.g. a length limit)")
     question_samples: int = Field(3, ge=1, description="tries for a valid question")
     judge_samples: int = Field(3, ge=1, description="tries for a usable verdict")
 

@@ -163,7 +163,9 @@ class Explorer:
                 "reward": reward,
                 "verified": verified,
             }
-            tree.record(path, reward, record if best is not None else None)
+            # An allocator that reads the target's own errors learns only from checkable questions.
+            outcome = reward if allocator.signal == "loss" or verified else None
+            tree.record(path, outcome, record if best is not None else None)
             result.records.append(record)
         return result
 
@@ -208,7 +210,8 @@ class Explorer:
     def _answer(self, questions: list[str]) -> list[list[tuple[str, str, str]]]:
         """(model, answer, finish reason) for every model and question: target first, then sources,
         the models queried concurrently."""
-        conversations = [[{"role": "user", "content": q}] for q in questions]
+        system = [{"role": "system", "content": self.config.roles.answer_system}] if self.config.roles.answer_system else []
+        conversations = [system + [{"role": "user", "content": q}] for q in questions]
         models = [(self.target.name, self.target, "target-answer")] + [
             (name, backend, "source-answer") for name, backend in self.sources.items()
         ]

@@ -3,13 +3,28 @@
 Training changes the target, so a node's long-run posterior goes stale. At the start of each loop after the
 first, every node whose window is full is tested: does the window's own loss rate differ from the long-run
 belief? If so (p-value below the threshold) the node is reborn: its posterior keeps only the window.
+
+Extensions (the defaults are the paper's test):
+- reference="pre_window": the window is compared with the evidence *before* it (the posterior minus the
+  window's own counts) instead of with a posterior that already contains it, so the test asks "recent vs
+  older" rather than "recent vs everything including recent" (which pulls p0 toward the window and costs
+  power). With nothing before the window (a node just reborn, or whose whole history is the window) there
+  is nothing to compare with and the node is not tested.
+- test="two_sample" (needs reference="pre_window"): the likelihood-ratio test of equal loss rates in the
+  window and in the pre-window evidence, with the pooled rate as the null. The one-sample test treats p0
+  as exact, which over-rejects when the pre-window evidence is short (right after a rebirth, say); the
+  two-sample statistic accounts for both samples' noise and tends to the one-sample one as the pre-window
+  evidence grows. Still chi-square(1) and two-sided: a shift in either direction is detected.
+- Cadence is the caller's choice: the paper calls `apply_rebirth` at loop starts only. Calling it after
+  every exploration step as well tests a node before many post-shift outcomes have been folded into its
+  reference (see `llm_alloy.explore.simulate.run_allocation(rebirth_every=...)` for the measured effect).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from scipy.stats import chi2
 
@@ -19,6 +34,11 @@ if TYPE_CHECKING:
     from llm_alloy.explore.tree import KnowledgeTree
 
 DEFAULT_THRESHOLD = 0.1
+
+Reference = Literal["posterior", "pre_window"]
+Test = Literal["one_sample", "two_sample"]
+REFERENCES: tuple[str, ...] = ("posterior", "pre_window")
+TESTS: tuple[str, ...] = ("one_sample", "two_sample")
 
 
 @dataclass(frozen=True)
@@ -57,16 +77,69 @@ def rebirth_pvalue(successes: int, n: int, p0: float, eps: float = 1e-9) -> floa
     return float(chi2.sf(window_llr(successes, n, p0, eps), 1))
 
 
+def check_options(reference: str, test: str) -> None:
+    """Raise ValueError for an unknown reference or test, or a two-sample test against a reference that
+    contains the window (the two samples would overlap)."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown rebirth reference {reference!r}; known: {', '.join(REFERENCES)}")
+    if test not in TESTS:
+        raise ValueError(f"unknown rebirth test {test!r}; known: {', '.join(TESTS)}")
+    if test == "two_sample" and reference != "pre_window":
+        raise ValueError("test='two_sample' needs reference='pre_window' (the posterior contains the window)")
+
+
+def pre_window_posterior(alpha: float, beta: float, successes: int, n: int) -> tuple[float, float]:
+    """The posterior of the outcomes before the window: the window's counts taken back out of (alpha, beta).
+
+    Exact for a tree node, whose posterior always contains its window (a rebirth keeps exactly the window,
+    later outcomes go to both). A window larger than the evidence (an edited file) is clamped at the prior.
+    """
+    return max(alpha - successes, 1.0), max(beta - (n - successes), 1.0)
+
+
+def two_sample_llr(successes: int, n: int, ref_successes: float, ref_n: float, eps: float = 1e-9) -> float:
+    """Likelihood-ratio statistic for "window rate == reference rate", pooled rate under the null.
+
+    2 [S ln(p1/p) + (n-S) ln((1-p1)/(1-p)) + S0 ln(q/p) + (n0-S0) ln((1-q)/(1-p))], p1 = S/n, q = S0/n0,
+    p = (S+S0)/(n+n0): the sum of the two one-sample statistics against the pooled rate. Reference counts may
+    be fractional (pseudo-counts read off a posterior). With n0 = 0 the statistic is 0 (nothing to compare).
+    """
+    if ref_n < 0 or not 0 <= ref_successes <= ref_n:
+        raise ValueError(f"need 0 <= ref_successes <= ref_n, got ref_successes={ref_successes}, ref_n={ref_n}")
+    if ref_n == 0:
+        return 0.0
+    pooled = (successes + ref_successes) / (n + ref_n)
+    return window_llr(successes, n, pooled, eps) + window_llr(ref_successes, ref_n, pooled, eps)
+
+
 def rebirth_decision(
-    alpha: float, beta: float, window: Sequence[int], threshold: float = DEFAULT_THRESHOLD, *, size: int
+    alpha: float,
+    beta: float,
+    window: Sequence[int],
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    size: int,
+    reference: Reference = "posterior",
+    test: Test = "one_sample",
 ) -> RebirthDecision | None:
-    """Test one node; None while the window holds fewer than `size` outcomes (too little evidence)."""
+    """Test one node; None while the window holds fewer than `size` outcomes (too little evidence), and, for
+    reference="pre_window", when no evidence precedes the window. p0 in the decision is the reference rate."""
+    check_options(reference, test)
     if len(window) < size:
         return None
     recent = window[-size:]
     successes = int(sum(recent))
-    p0 = posterior_mode(alpha, beta)
-    llr = window_llr(successes, size, p0)
+    ref_alpha, ref_beta = alpha, beta
+    if reference == "pre_window":
+        ref_alpha, ref_beta = pre_window_posterior(alpha, beta, successes, size)
+        if ref_alpha + ref_beta <= 2.0:
+            return None
+    p0 = posterior_mode(ref_alpha, ref_beta)
+    if test == "two_sample":
+        # The reference posterior's evidence as (fractional) counts; their proportion is its mode p0.
+        llr = two_sample_llr(successes, size, ref_alpha - 1.0, ref_alpha + ref_beta - 2.0)
+    else:
+        llr = window_llr(successes, size, p0)
     pvalue = float(chi2.sf(llr, 1))
     reborn = pvalue < threshold
     if reborn:
@@ -74,13 +147,31 @@ def rebirth_decision(
     return RebirthDecision(reborn, pvalue, llr, p0, successes / size, successes, size, alpha, beta)
 
 
-def apply_rebirth(tree: KnowledgeTree, threshold: float = DEFAULT_THRESHOLD) -> list[tuple[str, ...]]:
-    """Test every node of the tree, rebirth those that fail; returns the reborn paths (none for a global tree)."""
+def apply_rebirth(
+    tree: KnowledgeTree,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    reference: Reference = "posterior",
+    test: Test = "one_sample",
+    tested: list[tuple[str, ...]] | None = None,
+) -> list[tuple[str, ...]]:
+    """Test every node of the tree, rebirth those that fail; returns the reborn paths (none for a global tree).
+
+    The paper calls this at the start of every loop after the first. With reference="pre_window" it may also
+    be called after every exploration step: a node is tested on its latest window against what preceded it,
+    and calling it twice without new outcomes rebirths nothing twice. `tested`, if given, receives the path
+    of every node actually tested (full window, and a pre-window reference where one is asked for).
+    """
+    check_options(reference, test)
     if tree.window is None:
         return []
     reborn = []
     for node in tree.iter_nodes():
-        decision = rebirth_decision(node.alpha, node.beta, node.window, threshold, size=tree.window)
+        decision = rebirth_decision(
+            node.alpha, node.beta, node.window, threshold, size=tree.window, reference=reference, test=test
+        )
+        if decision is not None and tested is not None:
+            tested.append(node.path)
         if decision is not None and decision.reborn:
             node.alpha, node.beta = decision.alpha, decision.beta
             reborn.append(node.path)

@@ -157,8 +157,12 @@ class RunResult:
     accuracy: np.ndarray  # true per-domain accuracy at each checkpoint (checkpoints x domains)
     train_counts: np.ndarray  # per loop and domain
     outcome_counts: np.ndarray  # outcomes recorded in the tree, per loop and domain
-    rebirths: list[tuple[int, int]] = field(default_factory=list)  # (loop at whose start, domain index)
+    rebirths: list[tuple[int, int]] = field(default_factory=list)  # (loop at whose start / during which, domain)
     shift_loops: dict[int, int] = field(default_factory=dict)  # domain index -> loop after whose training
+    # One entry per IR check, in order: outcomes recorded so far per domain, and which domains were tested.
+    check_seen: list[np.ndarray] = field(default_factory=list)
+    check_tested: list[np.ndarray] = field(default_factory=list)
+    rebirth_checks: list[tuple[int, int]] = field(default_factory=list)  # (check index, domain index)
 
     @property
     def mean_accuracy(self) -> np.ndarray:
@@ -177,16 +181,26 @@ def run_allocation(
     rebirth_threshold: float = 0.1,
     judge: JudgeModel = JudgeModel(),
     allocator_params: dict | None = None,
+    rebirth_every: Literal["loop", "step"] = "loop",
+    rebirth_params: dict | None = None,
 ) -> RunResult:
     """Run the Bohdi loop on a simulated learner with `budget` training samples, in loops of `loop_size`.
 
-    Allocators run the real machinery on a one-level tree seeded with the scenario's domains: IR at the start
-    of every loop after the first (when `window` is set), `explore_steps` batches of paths sampled from the
-    tree as it stood before the batch, outcomes recorded, then the training mix drawn from the pools. The
-    oracles skip the tree and spend each sample by reading the learner's true curves.
+    Allocators run the real machinery on a one-level tree seeded with the scenario's domains: IR checks (when
+    `window` is set), `explore_steps` batches of paths sampled from the tree as it stood before the batch,
+    outcomes recorded, then the training mix drawn from the pools. The oracles skip the tree and spend each
+    sample by reading the learner's true curves.
+
+    IR cadence: rebirth_every="loop" (the paper) checks at the start of every loop after the first;
+    "step" checks after every exploration step instead (the check after a loop's last step sees the same tree
+    as the next loop's start, so it replaces that one). The real pipeline gets "step" by calling
+    `apply_rebirth` after each exploration step. rebirth_params go to `apply_rebirth` (reference, test).
     """
     if budget % loop_size:
         raise ValueError(f"budget {budget} must be a multiple of loop_size {loop_size}")
+    if rebirth_every not in ("loop", "step"):
+        raise ValueError(f"rebirth_every must be 'loop' or 'step', got {rebirth_every!r}")
+    rebirth_params = dict(rebirth_params or {})
     rng = np.random.default_rng(seed)
     learner = SimulatedLearner(scenario, judge)
     k, loops = len(scenario.domains), budget // loop_size
@@ -212,9 +226,22 @@ def run_allocation(
     tree = KnowledgeTree.seeded(scenario.names, max_depth=1, window=window)
     index = {name: i for i, name in enumerate(scenario.names)}
     records = [{"question": name, "answer": SIMULATED_ANSWER, "domain": i} for i, name in enumerate(scenario.names)]
+
+    def check(loop: int) -> None:
+        if window is None:
+            return
+        tested: list[tuple[str, ...]] = []
+        reborn = apply_rebirth(tree, rebirth_threshold, tested=tested, **rebirth_params)
+        number = len(result.check_seen)
+        result.check_seen.append(outcome_counts[: loop + 1].sum(axis=0))
+        result.check_tested.append(np.isin(np.arange(k), [index[path[0]] for path in tested]))
+        for path in reborn:
+            result.rebirths.append((loop, index[path[0]]))
+            result.rebirth_checks.append((number, index[path[0]]))
+
     for loop in range(loops):
-        if loop:
-            result.rebirths += [(loop, index[path[0]]) for path in apply_rebirth(tree, rebirth_threshold)]
+        if loop and rebirth_every == "loop":
+            check(loop)
         for _ in range(explore_steps):
             paths = [sample_path(tree, allocator, rng) for _ in range(explore_batch)]
             domains = np.array([index[path[0]] for path in paths])
@@ -226,6 +253,8 @@ def run_allocation(
             for path, d, reward in zip(paths, domains, rewards):
                 tree.record(path, reward, records[d])
                 outcome_counts[loop, d] += reward is not None
+            if rebirth_every == "step":
+                check(loop)
         tree.close_exploration()
         mix = draw_training_mix(tree, allocator, rng, loop_size)
         train_counts[loop] = np.bincount([r["domain"] for r in mix], minlength=k)
@@ -255,13 +284,22 @@ def samples_to_reach(samples: np.ndarray, curve: np.ndarray, level: float) -> fl
 def reborn_within_window(result: RunResult, domain: int, window: int) -> bool | None:
     """Was the node reborn by the first IR check whose window holds only post-shift outcomes?
 
-    Checks run at loop starts, so "within one window" means: at a check after the shift and no later than the
-    first one that has seen `window` outcomes of the domain since the shift. None if the domain never shifted
-    or the run ended before that check.
+    "Within one window" means: at a check whose window holds at least one post-shift outcome of the domain and
+    no later than the first check that has seen `window` of them, whatever the cadence of the checks. None if
+    the domain never shifted or the run ended before that check.
     """
     shifted = result.shift_loops.get(domain)
     if shifted is None:
         return None
+    if result.check_seen:
+        before = int(result.outcome_counts[: shifted + 1, domain].sum())
+        post = np.array([seen[domain] for seen in result.check_seen]) - before
+        full = np.flatnonzero(post >= window)
+        if not full.size:
+            return None
+        deadline = int(full[0])
+        return any(d == domain and 0 < post[c] and c <= deadline for c, d in result.rebirth_checks)
+    # A result built by hand without check records: checks at loop starts.
     seen = np.cumsum(result.outcome_counts[shifted + 1 :, domain])  # seen[j]: outcomes before the check at loop shifted + 2 + j
     full = np.flatnonzero(seen >= window)
     if not full.size:

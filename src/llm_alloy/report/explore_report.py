@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,19 +44,29 @@ def imbalance(accuracies: list[float]) -> tuple[float, float]:
     return float(values.std()), float(values.max() - values.min())
 
 
+def depth_first(node) -> list:
+    """Every node below `node`, each followed by its subtree, children by descending question count."""
+    order = []
+    for child in sorted(node.children.values(), key=lambda c: -c.count):
+        order += [child, *depth_first(child)]
+    return order
+
+
 def tree_plot(tree: KnowledgeTree) -> str:
-    nodes = [n for n in tree.iter_nodes()]
+    nodes = depth_first(tree.root)
     if not nodes:
         return "<p>The tree has no domain yet.</p>"
     total = sum(child.count for child in tree.root.children.values()) or 1
-    labels = ["    " * (len(n.path) - 1) + n.name for n in nodes]
+    labels = [n.name + " ·" * (len(n.path) - 1) for n in nodes]
     shares = [n.count / total for n in nodes]
     loss = [n.alpha / (n.alpha + n.beta) for n in nodes]
     figure, axis = plt.subplots(figsize=(8, 0.3 * len(nodes) + 1))
     bars = axis.barh(range(len(nodes)), shares, color=plt.cm.RdYlGn_r(np.array(loss)))
-    axis.set_yticks(range(len(nodes)), labels, fontsize=8, family="monospace")
+    axis.set_yticks(range(len(nodes)), labels, fontsize=8)
+    for tick, node in zip(axis.get_yticklabels(), nodes):
+        tick.set_fontweight("bold" if len(node.path) == 1 else "normal")
     axis.invert_yaxis()
-    axis.set_xlabel("share of all questions (colour: posterior mean of the target's loss rate, green low, red high)")
+    axis.set_xlabel("share of all questions; main domains in bold, '·' per level below (colour: posterior mean of the target's loss rate, green low, red high)")
     for bar, node in zip(bars, nodes):
         axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {node.count}", va="center", fontsize=7)
     axis.set_title("knowledge tree: allocation shares")
@@ -89,6 +100,8 @@ def accuracy_plots(loops: dict[int, dict[str, dict[str, int]]], domains: list[st
                 xs.append(loop)
                 ys.append(1 - counts["losses"] / counts["n"])
         left.plot(xs, ys, marker="o", label=domain)
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     left.set_xlabel("loop")
     left.set_ylabel("target win rate (1 - loss rate)")
     left.set_ylim(-0.05, 1.05)
@@ -165,6 +178,9 @@ def write_explore_report(out: str | Path) -> Path:
         "<p>Accuracy is the target's win rate against the sources on the loop's questions (its answer chosen "
         "best by the leader, or judged correct by the domain's verifier).</p>",
         accuracy_html,
+        _table(["loop", "main domain", "questions", "target lost", "target accuracy"],
+               [[loop, domain, c["n"], c["losses"], f"{1 - c['losses'] / c['n']:.3f}"]
+                for loop in sorted(loops) for domain, c in sorted(loops[loop].items()) if c["n"]]),
         _table(["loop", "std", "max - min"], [[r[0], f"{r[1]:.3f}", f"{r[2]:.3f}"] for r in imbalance_rows]),
         "<h2>Tokens and cost</h2>", ledger_plot(ledger),
         _table(["model", "role", "calls", "cached", "prompt tokens", "completion tokens", "cost USD"],
