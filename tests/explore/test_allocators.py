@@ -133,3 +133,19 @@ def test_balance_follows_recent_error_not_old_history():
     assert counts["Weak"] > 450
     plain = Counter(sample_path(tree, make_allocator("balance", discount=1.0), rng)[0] for _ in range(500))
     assert plain["CaughtUp"] > 450  # without discounting the stale history still dominates
+
+
+def test_learning_progress_discount_weights_recent_loops():
+    from llm_alloy.explore.allocators import _loss_trend
+
+    # The loss fell fast early (old loops) and has stopped falling (recent loops).
+    stats = tuple(LoopStat(100 * i, 100, 80 - 10 * i) for i in range(4)) + tuple(LoopStat(100 * i, 100, 40) for i in range(4, 12))
+    full, _ = _loss_trend(stats)
+    recent, _ = _loss_trend(stats, 0.5)
+    assert full < recent < 0 and abs(recent) < 0.5 * abs(full)
+    assert _loss_trend(stats, 1.0) == _loss_trend(stats)
+    # Loops without outcomes are skipped without shifting the others' ages.
+    gapped = stats[:-1] + (LoopStat(1100, 0, 0), stats[-1])
+    assert _loss_trend(gapped, 0.5)[0] == pytest.approx(_loss_trend(stats, 0.5)[0], rel=0.2)
+    with pytest.raises(ValueError, match="discount"):
+        make_allocator("learning_progress", discount=0.0)

@@ -89,3 +89,50 @@ def test_samples_to_reach_interpolates():
     samples = np.array([0, 100, 200])
     assert samples_to_reach(samples, np.array([0.1, 0.3, 0.5]), 0.4) == pytest.approx(150)
     assert np.isnan(samples_to_reach(samples, np.array([0.1, 0.3, 0.5]), 0.6))
+
+
+def test_rebirth_cadence_and_options_reach_the_tree():
+    scenario = SCENARIOS["skill_shift"]
+    with pytest.raises(ValueError, match="rebirth_every"):
+        run_allocation(scenario, "dynabranches", 400, seed=0, window=20, rebirth_every="outcome")
+    loop = run_allocation(scenario, "dynabranches", 1200, seed=0, window=20)
+    step = run_allocation(scenario, "dynabranches", 1200, seed=0, window=20, rebirth_every="step")
+    assert len(loop.check_seen) == 5 and len(step.check_seen) == 12  # loop starts after the first; every step
+    assert all(seen.sum() == 400 * (i + 1) for i, seen in enumerate(loop.check_seen))
+    assert all(seen.sum() == 200 * (i + 1) for i, seen in enumerate(step.check_seen))
+    assert [c for c, _ in loop.rebirth_checks] == sorted(c for c, _ in loop.rebirth_checks)
+    assert len(loop.rebirths) == len(loop.rebirth_checks)
+    with pytest.raises(ValueError, match="two_sample"):
+        run_allocation(scenario, "dynabranches", 400, seed=0, window=20, rebirth_params={"test": "two_sample"})
+    assert run_allocation(scenario, "dynabranches", 400, seed=0).check_seen == []  # no window, no IR
+
+
+def test_reborn_within_window_counts_checks_with_post_shift_outcomes_up_to_the_first_full_window():
+    def result(seen, rebirths):
+        r = run_allocation(WEAK_STRONG, "uniform", 400, seed=0)
+        r.outcome_counts = np.array([[50, 0, 0], [30, 0, 0]])  # 50 outcomes of domain 0 up to the shift
+        r.shift_loops = {0: 0}
+        r.check_seen = [np.array([s, 0, 0]) for s in seen]
+        r.rebirth_checks = [(c, 0) for c in rebirths]
+        return r
+
+    seen = [50, 60, 69, 70, 90]  # post-shift outcomes 0, 10, 19, 20, 40: the deadline is the 4th check
+    assert reborn_within_window(result(seen, [3]), 0, 20) is True
+    assert reborn_within_window(result(seen, [1]), 0, 20) is True
+    assert reborn_within_window(result(seen, [0]), 0, 20) is False  # before any post-shift outcome
+    assert reborn_within_window(result(seen, [4]), 0, 20) is False  # too late
+    assert reborn_within_window(result([50, 60], [1]), 0, 20) is None  # the run ended first
+    assert reborn_within_window(result(seen, [3]), 1, 20) is None  # never shifted
+
+
+def test_ir_extension_rebirths_soon_after_a_large_skill_shift():
+    scenario = Scenario(
+        "big_shift", "", WEAK_STRONG.domains, WEAK_STRONG.fixed_mix, shifts=(SkillShift("Algebra", 1000, 0.95),)
+    )
+    params = {"reference": "pre_window", "test": "two_sample", "recent": "loop"}
+    flags = [
+        reborn_within_window(run_allocation(scenario, "dynabranches", 2000, seed, window=20, rebirth_params=params), 0, 20)
+        for seed in range(20)
+    ]
+    decided = [flag for flag in flags if flag is not None]
+    assert len(decided) >= 15 and np.mean(decided) >= 0.9

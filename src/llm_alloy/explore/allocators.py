@@ -193,15 +193,23 @@ class LearningProgress(Allocator):
     domain is re-measured.
     Whether to open a new domain is decided first by the loss posteriors (as DynaBranches), since a slope is
     not comparable with the unk arm's probability.
+    The fit uses every stored loop by default (horizon = HISTORY_LOOPS): a loop measures a domain's loss rate
+    on only tens of questions, and the slopes that separate domains are small, so a short horizon leaves the
+    slopes mostly noise (horizon 8 allocated almost uniformly on the simulated learner). `discount` < 1
+    down-weights older loops (discount**age) to follow a bending curve more closely, at the cost of noise.
     """
 
     name: ClassVar[str] = "learning_progress"
-    horizon: int = 8
+    horizon: int = HISTORY_LOOPS
     floor: float = 0.1
+    discount: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.horizon < 2 or not 0 <= self.floor <= 1:
-            raise ValueError(f"need horizon >= 2 and 0 <= floor <= 1, got horizon={self.horizon}, floor={self.floor}")
+        if self.horizon < 2 or not 0 <= self.floor <= 1 or not 0 < self.discount <= 1:
+            raise ValueError(
+                f"need horizon >= 2, 0 <= floor <= 1 and 0 < discount <= 1, got horizon={self.horizon}, "
+                f"floor={self.floor}, discount={self.discount}"
+            )
 
     def choose(self, arms: Sequence[Node | Arm], rng: np.random.Generator) -> int:
         unk = _unk_index(arms)
@@ -209,7 +217,7 @@ class LearningProgress(Allocator):
             return unk
         domains = [i for i in range(len(arms)) if i != unk]
         if rng.random() >= self.floor:
-            fits = np.array([_loss_trend(_loop_stats(arms[i], self.horizon)) for i in domains])
+            fits = np.array([_loss_trend(_loop_stats(arms[i], self.horizon), self.discount) for i in domains])
             if not np.isnan(fits[:, 0]).all():
                 draws = np.abs(rng.normal(fits[:, 0], fits[:, 1]))
                 return domains[int(np.nanargmax(draws))]
@@ -217,10 +225,13 @@ class LearningProgress(Allocator):
 
 
 @functools.lru_cache(maxsize=4096)
-def _loss_trend(stats: tuple[LoopStat, ...]) -> tuple[float, float]:
+def _loss_trend(stats: tuple[LoopStat, ...], discount: float = 1.0) -> tuple[float, float]:
     """Weighted least-squares slope of loss rate against trained samples, and its standard error (nan, nan if
-    the loops measured fewer than two distinct trained counts)."""
-    stats = tuple(s for s in stats if s.n)
+    the loops measured fewer than two distinct trained counts). discount < 1 down-weights a loop by
+    discount**age (age 0 = the newest), so a fit follows the recent stretch of the curve."""
+    ages = np.arange(len(stats) - 1, -1, -1)
+    keep = [i for i, s in enumerate(stats) if s.n]
+    stats, ages = tuple(stats[i] for i in keep), ages[keep]
     x = np.array([s.trained for s in stats], dtype=float)
     if len(set(x)) < 2:
         return float("nan"), float("nan")
@@ -228,7 +239,7 @@ def _loss_trend(stats: tuple[LoopStat, ...]) -> tuple[float, float]:
     y = (np.array([s.successes for s in stats]) + 0.5) / (n + 1.0)
     # One binomial noise level from the pooled rate: per-loop rates as their own variance would favour lucky loops.
     pooled = float(np.clip(np.average(y, weights=n), 0.05, 0.95))
-    w = n / (pooled * (1.0 - pooled))
+    w = n * discount**ages / (pooled * (1.0 - pooled))
     x_mean = np.average(x, weights=w)
     sxx = float(np.sum(w * (x - x_mean) ** 2))
     slope = float(np.sum(w * (x - x_mean) * (y - np.average(y, weights=w)))) / sxx

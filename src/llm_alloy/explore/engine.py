@@ -215,9 +215,20 @@ class Explorer:
         models = [(self.target.name, self.target, "target-answer")] + [
             (name, backend, "source-answer") for name, backend in self.sources.items()
         ]
+        params = self.config.roles.answer
+        # Remote models answer concurrently in threads while the in-process ones take turns here.
         with ThreadPoolExecutor(max_workers=len(models)) as pool:
-            futures = [pool.submit(self._generate, b, role, conversations, self.config.roles.answer) for _, b, role in models]
-            outputs = [f.result() for f in futures]
+            remote = {
+                i: pool.submit(self._generate, b, role, conversations, params)
+                for i, (_, b, role) in enumerate(models)
+                if not b.computes_in_process
+            }
+            local = {
+                i: self._generate(b, role, conversations, params)
+                for i, (_, b, role) in enumerate(models)
+                if b.computes_in_process
+            }
+            outputs = [remote[i].result() if i in remote else local[i] for i in range(len(models))]
         return [
             [(name, outputs[m][i].text, outputs[m][i].finish_reason) for m, (name, _, _) in enumerate(models)]
             for i in range(len(questions))

@@ -15,6 +15,12 @@ Extensions (the defaults are the paper's test):
   as exact, which over-rejects when the pre-window evidence is short (right after a rebirth, say); the
   two-sample statistic accounts for both samples' noise and tends to the one-sample one as the pre-window
   evidence grows. Still chi-square(1) and two-sided: a shift in either direction is detected.
+- recent="loop": the recent sample is the node's outcomes since the start of its last closed exploration loop
+  (at a loop-start check: exactly the last loop's outcomes, all measured on one target), or its window if
+  that is longer. The target changes only when it is trained, so the candidate change points are known:
+  the loop boundaries. Testing everything measured since the last one, instead of only its last W outcomes,
+  uses all the post-change evidence a heavily sampled node has; a rebirth keeps that whole sample. Meant
+  with reference="pre_window" (recent vs everything before it).
 - Cadence is the caller's choice: the paper calls `apply_rebirth` at loop starts only. Calling it after
   every exploration step as well tests a node before many post-shift outcomes have been folded into its
   reference (see `llm_alloy.explore.simulate.run_allocation(rebirth_every=...)` for the measured effect).
@@ -31,14 +37,16 @@ from scipy.stats import chi2
 from llm_alloy.explore.bandit import posterior_mode
 
 if TYPE_CHECKING:
-    from llm_alloy.explore.tree import KnowledgeTree
+    from llm_alloy.explore.tree import KnowledgeTree, Node
 
 DEFAULT_THRESHOLD = 0.1
 
 Reference = Literal["posterior", "pre_window"]
 Test = Literal["one_sample", "two_sample"]
+Recent = Literal["window", "loop"]
 REFERENCES: tuple[str, ...] = ("posterior", "pre_window")
 TESTS: tuple[str, ...] = ("one_sample", "two_sample")
+RECENTS: tuple[str, ...] = ("window", "loop")
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,11 @@ def rebirth_pvalue(successes: int, n: int, p0: float, eps: float = 1e-9) -> floa
     return float(chi2.sf(window_llr(successes, n, p0, eps), 1))
 
 
-def check_options(reference: str, test: str) -> None:
-    """Raise ValueError for an unknown reference or test, or a two-sample test against a reference that
-    contains the window (the two samples would overlap)."""
+def check_options(reference: str, test: str, recent: str = "window") -> None:
+    """Raise ValueError for an unknown reference, test or recent sample, or a two-sample test against a
+    reference that contains the recent sample (the two samples would overlap)."""
+    if recent not in RECENTS:
+        raise ValueError(f"unknown rebirth recent sample {recent!r}; known: {', '.join(RECENTS)}")
     if reference not in REFERENCES:
         raise ValueError(f"unknown rebirth reference {reference!r}; known: {', '.join(REFERENCES)}")
     if test not in TESTS:
@@ -127,24 +137,59 @@ def rebirth_decision(
     check_options(reference, test)
     if len(window) < size:
         return None
-    recent = window[-size:]
-    successes = int(sum(recent))
+    return segment_decision(alpha, beta, int(sum(window[-size:])), size, threshold, reference=reference, test=test)
+
+
+def segment_decision(
+    alpha: float,
+    beta: float,
+    successes: int,
+    n: int,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    reference: Reference = "posterior",
+    test: Test = "one_sample",
+) -> RebirthDecision | None:
+    """The test on a recent sample given by its counts (the last n outcomes, `successes` of them 1).
+
+    None, for reference="pre_window", when no evidence precedes the sample. A rebirth keeps the sample.
+    """
+    check_options(reference, test)
+    if n <= 0:
+        raise ValueError(f"need a non-empty recent sample, got n={n}")
     ref_alpha, ref_beta = alpha, beta
     if reference == "pre_window":
-        ref_alpha, ref_beta = pre_window_posterior(alpha, beta, successes, size)
+        ref_alpha, ref_beta = pre_window_posterior(alpha, beta, successes, n)
         if ref_alpha + ref_beta <= 2.0:
             return None
     p0 = posterior_mode(ref_alpha, ref_beta)
     if test == "two_sample":
         # The reference posterior's evidence as (fractional) counts; their proportion is its mode p0.
-        llr = two_sample_llr(successes, size, ref_alpha - 1.0, ref_alpha + ref_beta - 2.0)
+        llr = two_sample_llr(successes, n, ref_alpha - 1.0, ref_alpha + ref_beta - 2.0)
     else:
-        llr = window_llr(successes, size, p0)
+        llr = window_llr(successes, n, p0)
     pvalue = float(chi2.sf(llr, 1))
     reborn = pvalue < threshold
     if reborn:
-        alpha, beta = 1.0 + successes, 1.0 + size - successes
-    return RebirthDecision(reborn, pvalue, llr, p0, successes / size, successes, size, alpha, beta)
+        alpha, beta = 1.0 + successes, 1.0 + n - successes
+    return RebirthDecision(reborn, pvalue, llr, p0, successes / n, successes, n, alpha, beta)
+
+
+def recent_sample(node: Node, size: int, recent: Recent = "window") -> tuple[int, int] | None:
+    """(successes, n) of the node's recent sample; None while its window holds fewer than `size` outcomes.
+
+    "window": the last `size` outcomes. "loop": the outcomes of its last closed loop plus those recorded
+    since (`Node.history[-1]` and `loop_n`), when that is more than the window; a suffix of the node's
+    outcomes either way, so taking it out of the posterior leaves exactly what came before it.
+    """
+    if len(node.window) < size:
+        return None
+    successes, n = int(sum(node.window[-size:])), size
+    if recent == "loop" and node.history:
+        last = node.history[-1]
+        if last.n + node.loop_n > n:
+            successes, n = last.successes + node.loop_successes, last.n + node.loop_n
+    return successes, n
 
 
 def apply_rebirth(
@@ -153,6 +198,7 @@ def apply_rebirth(
     *,
     reference: Reference = "posterior",
     test: Test = "one_sample",
+    recent: Recent = "window",
     tested: list[tuple[str, ...]] | None = None,
 ) -> list[tuple[str, ...]]:
     """Test every node of the tree, rebirth those that fail; returns the reborn paths (none for a global tree).
@@ -162,14 +208,15 @@ def apply_rebirth(
     and calling it twice without new outcomes rebirths nothing twice. `tested`, if given, receives the path
     of every node actually tested (full window, and a pre-window reference where one is asked for).
     """
-    check_options(reference, test)
+    check_options(reference, test, recent)
     if tree.window is None:
         return []
     reborn = []
     for node in tree.iter_nodes():
-        decision = rebirth_decision(
-            node.alpha, node.beta, node.window, threshold, size=tree.window, reference=reference, test=test
-        )
+        sample = recent_sample(node, tree.window, recent)
+        if sample is None:
+            continue
+        decision = segment_decision(node.alpha, node.beta, *sample, threshold, reference=reference, test=test)
         if decision is not None and tested is not None:
             tested.append(node.path)
         if decision is not None and decision.reborn:

@@ -17,6 +17,9 @@ class Backend(ABC):
 
     name: str
     model_id: str
+    computes_in_process: bool = False
+    """True for backends that run the model on this machine's CPU/GPU: running two of them at once
+    only makes them fight over the same cores, so callers run them one after another."""
 
     @property
     @abstractmethod

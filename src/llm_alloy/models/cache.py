@@ -80,6 +80,7 @@ class CachedBackend(Backend):
         self.cache = cache
         self.name = inner.name
         self.model_id = inner.model_id
+        self.computes_in_process = inner.computes_in_process
         self.hits = 0
         self.misses = 0
 

@@ -45,6 +45,8 @@ class ScoredTokens:
 
 
 class LocalBackend(Backend):
+    computes_in_process = True
+
     def __init__(
         self,
         name: str,
