@@ -99,14 +99,18 @@ def parse_question(text: str, log: ParseLog) -> str | None:
 def parse_verdict(text: str, n_answers: int, log: ParseLog) -> int | None:
     """0-based index of the chosen answer."""
     tagged = _tagged(text, "best")
-    source = tagged if tagged is not None else text
-    match = re.search(r"\d+", source) if tagged is not None else (
-        re.search(r"(?:best|answer|candidate)\D{0,20}?(\d+)", text, flags=re.IGNORECASE) or re.search(r"\b(\d+)\b", text)
-    )
+    # A verdict is a short number; a run of digits longer than that is noise, not a choice.
+    number = r"(?<!\d)(\d{1,4})(?!\d)"
+    if tagged is not None:
+        match = re.search(number, tagged)
+    else:
+        match = re.search(r"(?:best|answer|candidate)\D{0,20}?" + number, text, flags=re.IGNORECASE) or re.search(
+            number, text
+        )
     if match is None:
         log.note("verdict", "no number")
         return None
-    choice = int(match.group(1) if match.groups() else match.group(0))
+    choice = int(match.group(1))
     if not 1 <= choice <= n_answers:
         log.note("verdict", "out of range")
         return None
