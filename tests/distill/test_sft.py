@@ -1,6 +1,6 @@
 from safetensors.torch import load_file
 
-from llm_alloy.distill.sft import build_examples, train_sft
+from llm_alloy.distill.sft import build_examples, train_sft, train_sft_launched
 from llm_alloy.explore.config import TrainingSettings
 from llm_alloy.models.registry import resolve_model_path
 
@@ -36,3 +36,11 @@ def test_full_fine_tuning_changes_every_trained_weight(tmp_path):
     base = load_file(f"{resolve_model_path('tiny-llama')}/model.safetensors")
     merged = _weights(result.model_dir)
     assert not (base["model.embed_tokens.weight"] == merged["model.embed_tokens.weight"]).all()
+
+
+def test_a_round_under_accelerate_launch(tmp_path):
+    settings = TrainingSettings(batch_size=2, max_length=64, launcher="accelerate")
+    result = train_sft_launched("tiny-llama", PAIRS, tmp_path, settings, num_processes=1, seed=1)
+    assert result.steps == 3
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert (result.model_dir / "model.safetensors").exists()

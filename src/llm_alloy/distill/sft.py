@@ -7,28 +7,37 @@ generates with and trains from. Runs under `accelerate launch` on several GPUs l
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import shutil
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm_alloy.models.local import plain_prompt
 from llm_alloy.models.registry import resolve_model_path
 
 
-class SFTSettings(Protocol):
-    method: str
-    learning_rate: float
-    epochs: float
-    batch_size: int
-    gradient_accumulation: int
-    max_length: int
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    bf16: bool
-    gradient_checkpointing: bool
+class SFTSettings(BaseModel):
+    """One round of supervised fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["lora", "full"] = "lora"
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -109,16 +118,68 @@ def train_sft(
     )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = SFTResult(model_dir=out_dir / "model", adapter_dir=None, steps=trainer.state.global_step, losses=losses)
+    if not trainer.accelerator.is_main_process:
+        return result
 
-    adapter_dir = None
-    trained = trainer.model
+    trained = trainer.accelerator.unwrap_model(trainer.model)
     if peft_config is not None:
-        adapter_dir = out_dir / "adapter"
-        trained.save_pretrained(adapter_dir)
+        result.adapter_dir = out_dir / "adapter"
+        trained.save_pretrained(result.adapter_dir)
         trained = trained.merge_and_unload()
-    model_dir = out_dir / "model"
-    trained.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    trained.save_pretrained(result.model_dir)
+    tokenizer.save_pretrained(result.model_dir)
     (out_dir / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (out_dir / "result.json").write_text(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}))
     shutil.rmtree(work, ignore_errors=True)
-    return SFTResult(model_dir=model_dir, adapter_dir=adapter_dir, steps=trainer.state.global_step, losses=losses)
+    return result
+
+
+def train_sft_launched(
+    model_path: str,
+    pairs: list[tuple[str, str]],
+    out_dir: Path,
+    settings: SFTSettings,
+    num_processes: int,
+    seed: int = 0,
+    device: str = "cpu",
+) -> SFTResult:
+    """The same round under `accelerate launch` (data-parallel over `num_processes` GPUs)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = out_dir / "job.json"
+    job.write_text(json.dumps({
+        "model_path": model_path, "pairs": pairs, "settings": settings.model_dump(include=set(SFTSettings.model_fields)),
+        "seed": seed, "device": device,
+    }))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    if device == "cpu":
+        command.append("--cpu")
+    command += ["-m", "llm_alloy.distill.sft", str(job), str(out_dir)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        # The launcher's own traceback ends in CalledProcessError; the round's error is the one before.
+        errors = [line for line in completed.stderr.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        cause = next((e for e in reversed(errors) if "CalledProcessError" not in e), errors[-1] if errors else "no output")
+        raise RuntimeError(f"accelerate launch failed (exit code {completed.returncode}): {cause}")
+    data = json.loads((out_dir / "result.json").read_text())
+    return SFTResult(
+        model_dir=Path(data["model_dir"]),
+        adapter_dir=Path(data["adapter_dir"]) if data["adapter_dir"] else None,
+        steps=data["steps"],
+        losses=data["losses"],
+    )
+
+
+def main() -> None:
+    """Entry point of one launched round: python -m llm_alloy.distill.sft JOB.json OUT_DIR."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("job", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    args = parser.parse_args()
+    job = json.loads(args.job.read_text())
+    pairs = [(question, answer) for question, answer in job["pairs"]]
+    train_sft(job["model_path"], pairs, args.out_dir, SFTSettings(**job["settings"]), job["seed"], job["device"])
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llm_alloy.distill.sft import SFTSettings
 from llm_alloy.models.spec import ModelsSection
 from llm_alloy.models.types import GenerationParams
 
@@ -54,18 +55,11 @@ class Roles(_Section):
     judge_samples: int = Field(3, ge=1, description="tries for a usable verdict")
 
 
-class TrainingSettings(_Section):
-    method: Literal["lora", "full"] = "lora"
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    bf16: bool = False
-    gradient_checkpointing: bool = False
+class TrainingSettings(SFTSettings):
+    launcher: Literal["inline", "accelerate"] = Field(
+        "inline", description="accelerate: each round runs under `accelerate launch` (several GPUs)"
+    )
+    num_processes: int = Field(1, ge=1, description="accelerate: processes (GPUs) per round")
 
 
 class ExploreConfig(ModelsSection):

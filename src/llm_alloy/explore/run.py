@@ -208,7 +208,7 @@ class ExploreRun:
         }
 
     def _train(self, loop: int, rng: np.random.Generator) -> dict[str, Any]:
-        from llm_alloy.distill.sft import train_sft
+        from llm_alloy.distill.sft import train_sft, train_sft_launched
 
         self.tree.close_exploration()
         n = self.config.train_draws * self.config.train_batch
@@ -221,14 +221,12 @@ class ExploreRun:
             return metrics
         self._save_dataset(mix, self.out / "data" / f"loop{loop}_train_hf")
         spec = self.config.model(self.config.target)
-        result = train_sft(
-            self.target_path(),
-            [(r["question"], r["answer"]) for r in mix],
-            self.out / "checkpoints" / f"loop{loop}",
-            self.config.training,
-            seed=self.config.seed + loop,
-            device=spec.device,
-        )
+        settings = self.config.training
+        arguments = (self.target_path(), [(r["question"], r["answer"]) for r in mix], self.out / "checkpoints" / f"loop{loop}")
+        if settings.launcher == "accelerate":
+            result = train_sft_launched(*arguments, settings, settings.num_processes, self.config.seed + loop, spec.device)
+        else:
+            result = train_sft(*arguments, settings, seed=self.config.seed + loop, device=spec.device)
         self.state.target_path = str(result.model_dir)
         metrics.update(steps=result.steps, losses=result.losses, model_dir=str(result.model_dir))
         return metrics
