@@ -68,13 +68,6 @@ def smollm_config(url: str) -> dict:
     return config
 
 
-@pytest.fixture()
-def scripted():
-    scripted_app, seen = create_scripted_app()
-    with serve_in_thread(scripted_app) as url:
-        yield fast_config(url), seen
-
-
 @pytest.fixture(params=["tiny", pytest.param("smollm", marks=pytest.mark.slow)])
 def setup(request):
     """(config, request counter of the HTTP source): tiny target + scripted source (fast), or SmolLM2 sources (slow)."""
