@@ -49,6 +49,7 @@ class Contender:
     window: int | None = None
     rebirth: tuple[tuple[str, str], ...] = ()  # apply_rebirth options
     every: str = "loop"  # IR cadence (run_allocation's rebirth_every)
+    params: tuple[tuple[str, object], ...] = ()  # allocator parameters
 
 
 CONTENDERS = (
@@ -59,6 +60,7 @@ CONTENDERS = (
     Contender("dynabranches+IR", "dynabranches", WINDOW),
     Contender("dynabranches+IR-ext", "dynabranches", WINDOW, IR_EXTENSION),
     Contender("learning_progress", "learning_progress"),
+    Contender("learning_progress(h=32)", "learning_progress", params=(("horizon", 32),)),
     Contender("balance", "balance"),
     Contender("oracle_greedy", "oracle_greedy"),
     Contender("oracle_maxmin", "oracle_maxmin"),
@@ -67,6 +69,7 @@ LP_TOLERANCE = {"unlearnable": 0.02}  # check (a): allowed mean-accuracy loss to
 BALANCE_TARGET = 1 / 3
 IR_TARGET = 0.9
 STRETCH_TARGET = 1 / 3
+LP_LABELS = ("learning_progress", "learning_progress(h=32)")
 # IR ablation on skill_shift: (label, apply_rebirth options, cadence). Run at ABLATION_BUDGET: every
 # shifted node's deadline falls well before it.
 ABLATION = (
@@ -117,7 +120,7 @@ def _one(args: tuple[Scenario, Contender, int, int, str]) -> tuple[np.ndarray, d
     result = run_allocation(
         scenario, contender.allocator, budget, seed,
         loop_size=LOOP_SIZE, window=contender.window, judge=JudgeModel(ties=ties),
-        rebirth_every=contender.every, rebirth_params=dict(contender.rebirth),
+        rebirth_every=contender.every, rebirth_params=dict(contender.rebirth), allocator_params=dict(contender.params),
     )
     reborn = {d: reborn_within_window(result, d, WINDOW) for d in result.shift_loops}
     steady = [d for d in range(result.accuracy.shape[1]) if d not in result.shift_loops]
@@ -265,15 +268,18 @@ def checks(
     budgets: list[int],
 ) -> list[str]:
     largest = max(budgets)
-    lines = ["(a) learning_progress loses at most 0.02 (unlearnable) / 0.01 (elsewhere) mean accuracy to uniform:"]
+    lines = [
+        "(a) learning_progress loses at most 0.02 (unlearnable) / 0.01 (elsewhere) mean accuracy to uniform "
+        "(default horizon 8 | option horizon 32):"
+    ]
     for scenario in SCENARIOS:
         tolerance = LP_TOLERANCE.get(scenario, 0.01)
         for budget in budgets:
-            diff = rows[scenario, budget, "learning_progress"].mean[0] - rows[scenario, budget, "uniform"].mean[0]
-            lines.append(
-                f"  {_verdict(diff >= -tolerance)} {scenario} @ {budget}: LP - uniform = {diff:+.4f} "
-                f"(margin {diff + tolerance:+.4f})"
-            )
+            parts = []
+            for label in LP_LABELS:
+                diff = rows[scenario, budget, label].mean[0] - rows[scenario, budget, "uniform"].mean[0]
+                parts.append(f"{_verdict(diff >= -tolerance)} LP - uniform = {diff:+.4f} (margin {diff + tolerance:+.4f})")
+            lines.append(f"  {scenario} @ {budget}: {' | '.join(parts)}")
     lines.append("(b) balance closes >= 1/3 of uniform -> oracle_maxmin in max-min gap at the largest budget:")
     for scenario in SCENARIOS:
         uniform, oracle = rows[scenario, largest, "uniform"].gap[0], rows[scenario, largest, "oracle_maxmin"].gap[0]
@@ -318,21 +324,20 @@ def checks(
         lines.append(f"    {label}: {detected}; {ablation.alarms.text()}")
     lines.append(
         "(d) stretch: fraction of uniform -> oracle_greedy distance closed in samples to reach uniform's mean at the "
-        f"largest budget (target for learning_progress >= {STRETCH_TARGET:.2f}):"
+        f"largest budget (target for learning_progress >= {STRETCH_TARGET:.2f}; default horizon 8, option horizon 32):"
     )
     for scenario in SCENARIOS:
         uniform, oracle = rows[scenario, largest, "uniform"], rows[scenario, largest, "oracle_greedy"]
         closed = {c.label: _closed(uniform.reach, oracle.reach, rows[scenario, largest, c.label].reach) for c in CONTENDERS[1:-2]}
-        lp = closed["learning_progress"]
-        lp_boot = np.array([
-            _closed(u, o, v) for u, o, v in zip(uniform.reach_boot, oracle.reach_boot, rows[scenario, largest, "learning_progress"].reach_boot)
-        ])
-        lines.append(
-            f"  {_verdict(lp >= STRETCH_TARGET)} {scenario}: samples uniform {uniform.reach:.0f}, oracle_greedy "
-            f"{oracle.reach:.0f}; learning_progress {_reach(rows[scenario, largest, 'learning_progress'], largest)} "
-            f"closes {_figure(lp)}{_boot_se(lp_boot, 4)} (margin {_figure(lp - STRETCH_TARGET)}); "
-            f"closed: {', '.join(f'{label} {_figure(value)}' for label, value in closed.items())}"
-        )
+        lines.append(f"  {scenario}: samples uniform {uniform.reach:.0f}, oracle_greedy {oracle.reach:.0f}")
+        for label in LP_LABELS:
+            row = rows[scenario, largest, label]
+            boot = np.array([_closed(u, o, v) for u, o, v in zip(uniform.reach_boot, oracle.reach_boot, row.reach_boot)])
+            lines.append(
+                f"    {_verdict(closed[label] >= STRETCH_TARGET)} {label}: {_reach(row, largest)} samples, closes "
+                f"{_figure(closed[label])}{_boot_se(boot, 4)} (margin {_figure(closed[label] - STRETCH_TARGET)})"
+            )
+        lines.append(f"    for scale, closed: {', '.join(f'{label} {_figure(value)}' for label, value in closed.items())}")
     return lines
 
 
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         "uniform's at that budget (interpolated between loops; runs stop at the largest budget), ± a bootstrap "
         f"standard error over seeds ({BOOTSTRAP} resamples, the level resampled with the curve). "
         "dynabranches+IR is the paper's Introspection-Rebirth; dynabranches+IR-ext the extension "
-        "(apply_rebirth reference='pre_window', test='two_sample', recent='loop', threshold 0.1, at loop starts).",
+        "(apply_rebirth reference='pre_window', test='two_sample', recent='loop', threshold 0.1, at loop starts). "
+        "learning_progress(h=32) is the learning_progress allocator with horizon=32 (an option; default 8).",
         "",
         *(f"- **{s.name}**: {s.description}" for s in SCENARIOS.values()),
         "",

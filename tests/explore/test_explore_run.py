@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from datasets import load_from_disk
 from typer.testing import CliRunner
 
 from llm_alloy.cli import app
@@ -129,6 +130,9 @@ def test_two_rounds_produce_data_adapter_posteriors_and_report(setup, tmp_path):
         assert (out / "data" / f"loop{metrics['loop']}_train_hf" / "dataset_info.json").exists()
         assert metrics["steps"] >= 1 and len(metrics["losses"]) == metrics["steps"]
     assert state["target_path"] == trained[-1]["model_dir"]
+    loop0 = [r["question"] for r in records if r["loop"] == 0]
+    if loop0:
+        assert load_from_disk(str(out / "data" / "loop0_hf"))["question"] == loop0
 
     ledger = {(r["model"], r["role"]): r for r in json.loads((out / "ledger.json").read_text())}
     assert ledger[("student", "target-answer")]["completion_tokens"] > 0

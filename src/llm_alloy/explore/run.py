@@ -211,6 +211,13 @@ class ExploreRun:
         from llm_alloy.distill.sft import train_sft, train_sft_launched
 
         self.tree.close_exploration()
+        explored = [
+            json.loads(line)
+            for step in range(self.config.explore_steps)
+            for line in (self.out / "data" / f"loop{loop}_step{step}.jsonl").read_text().splitlines()
+        ]
+        if explored:
+            self._save_dataset(explored, self.out / "data" / f"loop{loop}_hf")
         n = self.config.train_draws * self.config.train_batch
         records = draw_training_mix(self.tree, self.train_allocator, rng, n)
         mix = [{"question": r["question"], "answer": r["answer"], "path": r["path"]} for r in records]
