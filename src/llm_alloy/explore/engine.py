@@ -162,6 +162,7 @@ class Explorer:
                 "step": index,
                 "reward": reward,
                 "verified": verified,
+                "reference": question["reference"],
             }
             # An allocator that reads the target's own errors learns only from checkable questions.
             outcome = reward if allocator.signal == "loss" or verified else None
