@@ -1,5 +1,6 @@
 """End to end: `alloy explore` with real models, a real HTTP source, real training, real files."""
 
+import html
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ def fast_config(url: str) -> dict:
         "train_batch": 4,
         "seed": 27,  # leaders: scripted, scripted, scripted, then the gibberish tiny model
         "tree": {"max_depth": 2, "window": 4, "sprout_samples": 2, "seed_domains": ["Mathematics"]},
+        "rebirth": {"reference": "pre_window", "test": "two_sample", "recent": "loop"},
         "roles": {
             "sprout": {"max_new_tokens": 8, "temperature": 1.0},
             "question": {"max_new_tokens": 24, "temperature": 1.0},
@@ -118,7 +120,7 @@ def test_two_rounds_produce_data_adapter_posteriors_and_report(setup, tmp_path):
     for main in tree.root.children.values():
         outcomes = [r["reward"] for r in records if r["path"][0] == main.name]
         assert main.count == len(outcomes)
-        if not state["metrics"][3]["rebirths"]:  # no rebirth reset this node's posterior
+        if not any(m.get("rebirths") for m in state["metrics"]):  # no rebirth reset this node's posterior
             assert (main.alpha, main.beta) == (1 + sum(outcomes), 1 + len(outcomes) - sum(outcomes))
 
     trained = [m for m in state["metrics"] if m["stage"].endswith("train") and m["examples"]]
@@ -141,7 +143,7 @@ def test_two_rounds_produce_data_adapter_posteriors_and_report(setup, tmp_path):
 
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64") == 4
-    assert all(f"<td>{name}</td>" in report for name in tree.root.children)
+    assert all(f"<td>{html.escape(' > '.join(node.path))}</td>" in report for node in tree.iter_nodes())
 
     # Running the finished run again does nothing and asks no model anything.
     requests_before = None if seen is None else sum(seen.values())
@@ -215,3 +217,14 @@ def test_config_errors_name_the_field(tmp_path):
     result = CliRunner().invoke(app, ["explore", str(path), str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "must be a local model" in result.output
+
+
+def test_rebirth_options_are_validated(tmp_path):
+    data = fast_config("http://127.0.0.1:1/v1")
+    data["rebirth"] = {"test": "two_sample"}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["explore", str(path), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "needs reference='pre_window'" in result.output
+    data["rebirth"] = {"reference": "pre_window", "test": "two_sample", "recent": "loop"}
+    assert ExploreConfig.model_validate(data).rebirth.recent == "loop"

@@ -7,6 +7,7 @@ Code runs in a separate Python process in an empty temporary folder, isolated fr
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,11 +91,13 @@ def run_code_tests(code: str, tests: str, timeout_s: float = 5.0, memory_mb: int
                 cwd=folder,
                 capture_output=True,
                 timeout=timeout_s,
-                preexec_fn=_limits(memory_mb, max(1, int(timeout_s))),
+                preexec_fn=_limits(memory_mb, int(timeout_s) + 1),
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
             return CodeRun(False, "timeout")
+    if result.returncode == -signal.SIGXCPU:  # the CPU-time limit, a timeout by another clock
+        return CodeRun(False, "timeout")
     return CodeRun(result.returncode == 0, "passed" if result.returncode == 0 else "failed")
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_alloy.distill.sft import SFTSettings
+from llm_alloy.explore.rebirth import Recent, Reference, Test, check_options
 from llm_alloy.models.spec import ModelsSection
 from llm_alloy.models.types import GenerationParams
 
@@ -30,8 +31,20 @@ class AllocatorSettings(_Section):
 
 
 class RebirthSettings(_Section):
+    """Introspection-Rebirth. The defaults are the paper's test; `reference: pre_window, test: two_sample,
+    recent: loop` is our extension (window vs. the evidence before it, over the last loop's outcomes),
+    which detects skill shifts far more often (benchmarks/results/allocation.md, check c)."""
+
     enabled: bool = True
     threshold: float = Field(0.1, gt=0, lt=1, description="p-value below which a node's posterior is reborn")
+    reference: Reference = "posterior"
+    test: Test = "one_sample"
+    recent: Recent = "window"
+
+    @model_validator(mode="after")
+    def _combination(self) -> "RebirthSettings":
+        check_options(self.reference, self.test, self.recent)
+        return self
 
 
 class VerifierSettings(_Section):

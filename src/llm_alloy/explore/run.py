@@ -179,7 +179,11 @@ class ExploreRun:
             # Seeded by position, so a resumed stage draws exactly what the interrupted one drew.
             rng = np.random.default_rng([self.config.seed, index])
             if kind == "rebirth":
-                metrics = {"rebirths": [list(p) for p in apply_rebirth(self.tree, self.config.rebirth.threshold)]}
+                settings = self.config.rebirth
+                reborn = apply_rebirth(
+                    self.tree, settings.threshold, reference=settings.reference, test=settings.test, recent=settings.recent
+                )
+                metrics = {"rebirths": [list(p) for p in reborn]}
             elif kind == "train":
                 metrics = self._train(loop, rng)
             else:

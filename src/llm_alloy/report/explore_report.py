@@ -173,6 +173,9 @@ def write_explore_report(out: str | Path) -> Path:
         f"<p>Run directory <code>{html.escape(str(out.resolve()))}</code>: {len(state.get('done', []))} stages done, "
         f"total cost ${sum(r['cost_usd'] for r in ledger):.4f}.</p>",
         "<h2>Knowledge tree</h2>", tree_plot(tree) if tree else "<p>No tree yet.</p>",
+        _table(["domain", "questions", "posterior (alpha, beta)", "loss rate (mean)", "recent window", "trained on"],
+               [[" > ".join(n.path), n.count, f"({n.alpha:g}, {n.beta:g})", f"{n.alpha / (n.alpha + n.beta):.2f}",
+                 "".join(map(str, n.window)), n.trained] for n in depth_first(tree.root)] if tree else []),
         "<h2>Allocation over rounds</h2>", allocation_plot(loops, domains) if loops else "",
         "<h2>Per-domain target accuracy and imbalance</h2>",
         "<p>Accuracy is the target's win rate against the sources on the loop's questions (its answer chosen "
