@@ -104,13 +104,12 @@ class ExploreRun:
         self,
         config: ExploreConfig,
         out: Path,
-        config_text: str | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         self.config = config
         self.out = Path(out)
         self.log = log
-        self._claim_directory(config_text)
+        self._claim_directory()
         self.state = RunState.load(self.out / "state.json")
         self.cache = ResponseCache(self.out / "cache.sqlite")
         self.ledger = Ledger()
@@ -126,7 +125,7 @@ class ExploreRun:
         self._target_backend: Backend | None = None
 
     # -- directory -------------------------------------------------------------------------------
-    def _claim_directory(self, config_text: str | None) -> None:
+    def _claim_directory(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "config.yaml"
         canonical = yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False)

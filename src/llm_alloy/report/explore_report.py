@@ -136,7 +136,11 @@ def ledger_plot(ledger: list[dict]) -> str:
     left.set_ylabel("tokens (prompt + completion)")
     left.set_title("tokens per model and role")
     left.legend(fontsize=7)
-    right.bar(models, [sum(r["cost_usd"] for r in ledger if r["model"] == m) for m in models])
+    costs = [sum(r["cost_usd"] for r in ledger if r["model"] == m) for m in models]
+    right.bar(models, costs)
+    right.set_ylim(bottom=0, top=max(costs) * 1.1 or 1.0)
+    if not any(costs):
+        right.text(0.5, 0.5, "no model has a price set", ha="center", transform=right.transAxes)
     right.set_ylabel("US dollars")
     right.set_title("cost per model")
     return _png(figure)
