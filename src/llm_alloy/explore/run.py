@@ -31,7 +31,7 @@ from llm_alloy.explore.tree import KnowledgeTree
 from llm_alloy.models.base import Backend
 from llm_alloy.models.cache import ResponseCache
 from llm_alloy.models.factory import build_backend
-from llm_alloy.models.ledger import Ledger, LedgerEntry
+from llm_alloy.models.ledger import Ledger
 
 STATE_VERSION = 1
 
@@ -112,9 +112,7 @@ class ExploreRun:
         self._claim_directory()
         self.state = RunState.load(self.out / "state.json")
         self.cache = ResponseCache(self.out / "cache.sqlite")
-        self.ledger = Ledger()
-        for row in self.state.ledger:
-            self.ledger.entries[(row["model"], row["role"])] = LedgerEntry(**row)
+        self.ledger = Ledger.from_rows(self.state.ledger)
         self.parse_log = ParseLog()
         self.parse_log.counts.update(self.state.parse_log)
         self.tree = self._load_tree()
@@ -258,7 +256,7 @@ class ExploreRun:
         self.state.done.append(stage)
         self.state.tree = snapshot
         self.state.metrics.append(metrics)
-        self.state.ledger = [entry.__dict__ for entry in self.ledger.rows()]
+        self.state.ledger = self.ledger.to_rows()
         self.state.parse_log = self.parse_log.to_dict()
         self.state.save(self.out / "state.json")
         self.ledger.save(self.out / "ledger.json")

@@ -45,21 +45,28 @@ class Ledger:
     def rows(self) -> list[LedgerEntry]:
         return sorted(self.entries.values(), key=lambda e: (e.model, e.role))
 
+    def to_rows(self) -> list[dict]:
+        return [asdict(e) for e in self.rows()]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict]) -> "Ledger":
+        ledger = cls()
+        for row in rows:
+            ledger.entries[(row["model"], row["role"])] = LedgerEntry(**row)
+        return ledger
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         staging = path.with_name(path.name + ".tmp")
-        staging.write_text(json.dumps([asdict(e) for e in self.rows()], indent=2))
+        staging.write_text(json.dumps(self.to_rows(), indent=2))
         os.replace(staging, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Ledger":
-        ledger = cls()
         path = Path(path)
-        if path.exists():
-            try:
-                rows = json.loads(path.read_text())
-                for row in rows:
-                    ledger.entries[(row["model"], row["role"])] = LedgerEntry(**row)
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}: corrupt ledger ({error})") from None
-        return ledger
+        if not path.exists():
+            return cls()
+        try:
+            return cls.from_rows(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: corrupt ledger ({error})") from None
