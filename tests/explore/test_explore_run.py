@@ -19,6 +19,7 @@ from llm_alloy.cli import app
 from llm_alloy.explore.config import ExploreConfig
 from llm_alloy.explore.run import ExploreRun, RunDirectoryError, stages
 from llm_alloy.explore.tree import KnowledgeTree
+from llm_alloy.models.local import LocalBackend
 from llm_alloy.models.server import create_app, serve_in_thread
 from tests.explore.scripted_llm import create_scripted_app
 
@@ -79,8 +80,10 @@ def setup(request):
         with serve_in_thread(scripted_app) as url:
             yield fast_config(url), seen
         return
-    smollm = request.getfixturevalue("smollm_backend")
-    with serve_in_thread(create_app(smollm, served_name="smollm2")) as url:
+    # One request per forward pass: a batching server samples each request with a seed shared by
+    # whatever arrived alongside it, and the runs compared here must see identical answers.
+    unbatched = LocalBackend("smollm2", "smollm2-135m-instruct", batch_size=1)
+    with serve_in_thread(create_app(unbatched, served_name="smollm2")) as url:
         yield smollm_config(url), None
 
 
