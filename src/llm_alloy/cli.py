@@ -47,14 +47,10 @@ def fail(error: Exception) -> None:
     raise typer.Exit(2)
 
 
-def local_spec(name: str, **overrides) -> ModelSpec:
-    return ModelSpec(name=name, backend="local", path=name, **{k: v for k, v in overrides.items() if v is not None})
-
-
 def model_from(model: str, config: Optional[Path]) -> ModelSpec:
     """A model declared in a config, or (without one) a packaged name, local folder or hub id."""
     if config is None:
-        return local_spec(model)
+        return ModelSpec(name=model, backend="local", path=model)
     return load_config(config, ModelsSection).model(model)
 
 
