@@ -28,6 +28,7 @@ from llm_alloy.explore.engine import Explorer
 from llm_alloy.explore.prompts import ParseLog
 from llm_alloy.explore.rebirth import apply_rebirth
 from llm_alloy.explore.tree import KnowledgeTree
+from llm_alloy.files import write_atomic
 from llm_alloy.models.base import Backend
 from llm_alloy.models.cache import ResponseCache
 from llm_alloy.models.factory import build_backend
@@ -38,16 +39,6 @@ STATE_VERSION = 1
 
 class RunDirectoryError(ValueError):
     """A run directory that cannot be resumed; the message is one line naming the file."""
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    with open(staging, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

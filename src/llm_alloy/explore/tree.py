@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from llm_alloy.explore.bandit import update_posterior
+from llm_alloy.files import write_atomic
 
 FORMAT_VERSION = 1
 # A disabled unk arm keeps a Beta posterior (so every arm draws the same way) that never wins a draw.
@@ -188,19 +188,8 @@ class KnowledgeTree:
         return tree
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically: temp file in the same directory, fsync, then rename over the target."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, ensure_ascii=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write atomically (a crash leaves the previous snapshot intact)."""
+        write_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KnowledgeTree:

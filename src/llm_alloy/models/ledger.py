@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from llm_alloy.files import write_atomic
 from llm_alloy.models.spec import Price
 from llm_alloy.models.types import Completion
 
@@ -56,10 +56,7 @@ class Ledger:
         return ledger
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        staging = path.with_name(path.name + ".tmp")
-        staging.write_text(json.dumps(self.to_rows(), indent=2))
-        os.replace(staging, path)
+        write_atomic(path, json.dumps(self.to_rows(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "Ledger":
