@@ -58,7 +58,9 @@ class ArmMatrix:
         row = {q: i for i, q in enumerate(query_ids)}
         col = {a: j for j, a in enumerate(arm_list)}
         shape = (len(query_ids), len(arm_list))
-        performance, cost, judge = (np.full(shape, np.nan) for _ in range(3))
+        # Several samples of one (query, arm) cell are averaged: each is one noisy draw of the same arm.
+        sums = {name: np.zeros(shape) for name in ("performance", "cost", "judge")}
+        counts = {name: np.zeros(shape) for name in sums}
         tasks, queries = [""] * len(query_ids), [""] * len(query_ids)
         descriptions: dict[str, str] = {}
         for r in records:
@@ -67,9 +69,12 @@ class ArmMatrix:
             descriptions.setdefault(r.task, r.task_description)
             if j is None:
                 continue
-            performance[i, j] = np.nan if r.performance is None else r.performance
-            cost[i, j] = r.cost
-            judge[i, j] = np.nan if r.llm_judge is None else r.llm_judge
+            for name, value in (("performance", r.performance), ("cost", r.cost), ("judge", r.llm_judge)):
+                if value is not None:
+                    sums[name][i, j] += value
+                    counts[name][i, j] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            performance, cost, judge = (np.where(counts[n] > 0, sums[n] / counts[n], np.nan) for n in sums)
         return cls(query_ids, arm_list, tasks, queries, performance, cost, judge, descriptions)
 
     def subset(self, rows: np.ndarray | list[int]) -> "ArmMatrix":
