@@ -219,6 +219,23 @@ def test_openai_extraction_matches_local(tiny_backend, served_tiny, tmp_path):
     assert compared > 0.5 * sum(len(s.token_ids) for s in local) * K
 
 
+def test_openai_extraction_with_token_ids_is_exact(tiny_backend, served_tiny, tmp_path):
+    """With ids in the response (vLLM's return_tokens_as_token_ids, which alloy serve honours too),
+    colliding decoded strings no longer lose entries: the served top-k equals the local one."""
+    tokenizer = tiny_backend.tokenizer
+    chunks = chunks_of(TEXTS, tokenizer, max_tokens=40)
+    shards = extract_openai(
+        chunks, tmp_path, "served", served_tiny, "tiny", "tiny-llama", k=K, shard_size=2,
+        token_ids_in_response=True, progress=False,
+    )
+    local = local_topk(tiny_backend.model, tokenizer, [c.text for c in chunks], K)
+    for chunk, expected in zip(chunks, local):
+        got = shards.sequence(chunk.id)
+        rows = len(got.token_ids) - 1  # the last row comes from the generated token, which may be EOS
+        np.testing.assert_array_equal(got.topk_ids[:rows], expected.topk_ids[:rows])
+        np.testing.assert_allclose(got.topk_logprobs[:rows], expected.topk_logprobs[:rows], atol=2e-3)
+
+
 def test_echo_layout_with_bos_first_reads_the_same(tiny_backend, served_tiny):
     """vLLM echoes every prompt token, BOS first with no logprob, and counts offsets over token strings."""
     import openai

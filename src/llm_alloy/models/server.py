@@ -64,6 +64,9 @@ class CompletionRequest(_SamplingRequest):
     max_tokens: int | None = Field(16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
+    return_tokens_as_token_ids: bool = Field(
+        False, description="vLLM's extension: tokens as 'token_id:N', since decoded strings of distinct ids can collide"
+    )
 
 
 @dataclass
@@ -193,7 +196,9 @@ def create_app(backend: LocalBackend, served_name: str | None = None, default_ma
             if request.echo:
                 echoed = (await asyncio.to_thread(backend.score_text, [prompt], k))[0]
             prompt_tokens += len(echoed.offsets) if echoed else (generated.usage.prompt_tokens if generated else 0)
-            choices.append(_completion_choice(index, prompt, echoed, generated, request.logprobs))
+            choices.append(
+                _completion_choice(index, prompt, echoed, generated, request.logprobs, request.return_tokens_as_token_ids)
+            )
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -219,7 +224,9 @@ def _chat_token(token: TokenLogprob, k: int) -> dict[str, Any]:
     }
 
 
-def _completion_choice(index: int, prompt: str, echoed, generated: Completion | None, logprobs: int | None) -> dict[str, Any]:
+def _completion_choice(
+    index: int, prompt: str, echoed, generated: Completion | None, logprobs: int | None, as_ids: bool = False
+) -> dict[str, Any]:
     text = (prompt if echoed else "") + (generated.text if generated else "")
     choice: dict[str, Any] = {
         "index": index,
@@ -229,18 +236,27 @@ def _completion_choice(index: int, prompt: str, echoed, generated: Completion | 
     }
     if logprobs is None:
         return choice
+
+    def alternatives(token: TokenLogprob) -> dict[str, float]:
+        if as_ids and token.top_ids is not None:
+            return {f"token_id:{i}": lp for i, (_, lp) in zip(token.top_ids[:logprobs], token.top[:logprobs])}
+        return dict(token.top[:logprobs])
+
+    def name(token: TokenLogprob | None, text: str) -> str:
+        return f"token_id:{token.token_id}" if as_ids and token is not None and token.token_id is not None else text
+
     tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
     if echoed:
         for scored, (start, end) in zip(echoed.tokens, echoed.offsets):
-            tokens.append(prompt[start:end])
+            tokens.append(name(scored, prompt[start:end]))
             token_logprobs.append(None if scored is None else scored.logprob)
-            top_logprobs.append(None if scored is None else dict(scored.top[:logprobs]))
+            top_logprobs.append(None if scored is None else alternatives(scored))
             offsets.append(start)
     position = len(prompt) if echoed else 0
     for token in (generated.logprobs or []) if generated else []:
-        tokens.append(token.token)
+        tokens.append(name(token, token.token))
         token_logprobs.append(token.logprob)
-        top_logprobs.append(dict(token.top[:logprobs]))
+        top_logprobs.append(alternatives(token))
         offsets.append(position)
         position += len(token.token)
     choice["logprobs"] = {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
