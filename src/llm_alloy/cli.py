@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from llm_alloy.config import ConfigError, load_config
+from llm_alloy.models.registry import ModelNotAvailable
 from llm_alloy.models.spec import ModelSpec, ModelsSection
 from llm_alloy.models.types import ModelError
 
@@ -25,10 +26,18 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="The small models that ship inside PyPI packages.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+logs_app = typer.Typer(help="FusionFactory log data: collect responses of several models, import LLMFusionBench.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+route_app = typer.Typer(help="FusionFactory query-level fusion: routers that pick a model per query.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
+templates_app = typer.Typer(help="FusionFactory thought-level fusion: reasoning templates retrieved at inference.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
+distill_app = typer.Typer(help="Distil the sources' knowledge into the target (top responses or fused logits).", no_args_is_help=True)
+app.add_typer(distill_app, name="distill")
 console = Console(stderr=True)
 
 # Errors a user can fix: reported as one line, no traceback.
-USER_ERRORS = (ConfigError, ModelError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, ModelError, ModelNotAvailable, FileNotFoundError, ValueError)
 
 
 def progress_bar() -> Progress:
@@ -244,6 +253,78 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="run directory (resuma
         run_explore(ExploreConfig.model_validate(demo_config()), out, report=True)
     except USER_ERRORS as error:
         fail(error)
+
+
+@logs_app.command("import-fusionbench")
+def logs_import_fusionbench(
+    source: Path = typer.Argument(..., help="LLMFusionBench rows: .csv, .jsonl, .parquet or a `datasets` directory"),
+    out: Path = typer.Argument(..., help="logs to write: .jsonl, .parquet or a directory (datasets.save_to_disk)"),
+    embeddings: Optional[Path] = typer.Option(None, help="query embedding table directory (default: OUT without suffix + '.embeddings')"),
+    arms_per_query: Optional[int] = typer.Option(None, min=1, help="required arms per query (40 for the full benchmark)"),
+    allow_missing_arms: bool = typer.Option(False, help="accept queries that lack some arms (dropped failed calls)"),
+) -> None:
+    """Import LLMFusionBench rows as id-keyed logs plus a query embedding table (costs become USD)."""
+    from llm_alloy.logs.fusionbench import import_fusionbench
+    from llm_alloy.logs.io import write_logs
+
+    try:
+        records, table = import_fusionbench(source, arms_per_query=arms_per_query, allow_missing_arms=allow_missing_arms)
+        write_logs(records, out)
+        table_dir = table.save(embeddings or out.with_name(out.stem + ".embeddings"))
+    except USER_ERRORS as error:
+        fail(error)
+    arms = len({r.arm for r in records})
+    console.print(f"{len(records)} rows: {len(table)} queries x {arms} arms -> {out}; embeddings -> {table_dir}")
+
+
+@logs_app.command("collect")
+def logs_collect(
+    config: str = typer.Argument(..., help="collect config (YAML), or 'demo' for the shipped one"),
+    out: Path = typer.Argument(..., help="output directory; rerun the same command to resume"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Send a query set to every arm (model x prompt style), score the answers, append OUT/logs.jsonl."""
+    from llm_alloy.logs.collect import collect_logs, demo_collect_config, load_collect_config
+
+    try:
+        settings = demo_collect_config() if config == "demo" else load_collect_config(config)
+        summary = collect_logs(settings, out, progress=progress)
+    except (OSError, *USER_ERRORS) as error:
+        fail(error)
+    table = Table("arm", "rows", "performance", "judge", "cost $", "truncated", title="arms")
+    for arm, stats in sorted(summary.arms.items()):
+        table.add_row(
+            arm, str(stats.rows), number(stats.mean_performance), number(stats.mean_judge),
+            f"{stats.cost_usd:.6f}", str(stats.truncated),
+        )
+    Console().print(table)
+    console.print(
+        f"{summary.written} rows written, {summary.already_logged} already logged; {summary.model_calls} model calls, "
+        f"{summary.cached_calls} from cache, {summary.judge_failures} judge failures; "
+        f"${summary.cost_usd:.6f} spent -> {summary.logs_path}"
+    )
+
+
+def number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@distill_app.command("logits")
+def distill_logits(
+    config: Path = typer.Argument(..., help="logit-fusion config (YAML); see README"),
+    out: Path = typer.Argument(..., help="run directory; rerun the same command to resume"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Logit-level fusion (FuseLLM / FusionX): the sources' top-k distributions distilled into the target."""
+    from llm_alloy.distill.logit_run import load_logit_config, run_logit_distill
+    from llm_alloy.distill.vocab_map import VocabMapError
+
+    try:
+        result = run_logit_distill(load_logit_config(config), out, progress=progress, say=lambda line: console.print(escape(line)))
+    except (VocabMapError, *USER_ERRORS) as error:
+        fail(error)
+    losses = [entry["total"] for entry in result.log]
+    console.print(f"trained {result.steps} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}; model {result.model_dir}; report {result.report}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def last_number(text: str) -> float | None:
 
 
 def check_numeric(answer: str, reference: str, tolerance: float = 1e-6) -> bool:
-    expected, got = last_number(reference), last_number(final_answer(answer)) or last_number(answer)
+    expected, got = last_number(reference), last_number(final_answer(answer))
+    if got is None:
+        got = last_number(answer)
     if expected is None or got is None:
         return False
     return abs(got - expected) <= tolerance * max(1.0, abs(expected))

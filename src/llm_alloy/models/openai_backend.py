@@ -198,6 +198,7 @@ class OpenAIBackend(Backend):
             finish_reason="length" if choice.finish_reason == "length" else "stop",
             usage=_usage(response.usage),
             logprobs=logprobs,
+            served_model=response.model or None,
         )
 
     # -- scoring ---------------------------------------------------------------------------------

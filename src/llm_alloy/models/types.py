@@ -68,6 +68,8 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage
     logprobs: list[TokenLogprob] | None = None
+    served_model: str | None = None
+    """The model id the server echoed back, which may differ from the one asked for (aliases, routing)."""
     cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +85,7 @@ class Completion:
             finish_reason=data["finish_reason"],
             usage=Usage(**data["usage"]),
             logprobs=None if logprobs is None else [_token_from_dict(t) for t in logprobs],
+            served_model=data.get("served_model"),
             cached=cached,
         )
 
