@@ -309,6 +309,81 @@ def number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+@templates_app.command("build")
+def templates_build(
+    config: Path = typer.Argument(..., help="templates config (YAML); see README"),
+    out: Path = typer.Argument(..., help="store directory; rerun the same command to resume"),
+) -> None:
+    """Summarise the top responses of every training query into a thought template, with embeddings."""
+    from llm_alloy.thought.pipeline import TemplatesConfig, build_from_config
+
+    try:
+        store, report = build_from_config(load_config(config, TemplatesConfig), out)
+    except USER_ERRORS as error:
+        fail(error)
+    console.print(
+        f"{len(store.templates)} templates in {out}: {report.built} new, {report.reused} reused, "
+        f"{report.skipped} given up as degenerate {dict(report.rejections)}, "
+        f"{report.without_top_responses} training queries without a scored response, "
+        f"{report.refused_queries} validation/test queries left out"
+    )
+
+
+@templates_app.command("apply")
+def templates_apply(
+    store: Path = typer.Argument(..., help="a store directory written by `alloy templates build`"),
+    query: Optional[str] = typer.Option(None, "--query", "-q", help="one query"),
+    input: Optional[Path] = typer.Option(None, "--input", "-i", help="JSONL, one {'query': ..., 'task': ...} a line"),
+    task: Optional[str] = typer.Option(None, "--task", help="the task of --query (or of --input lines without one); omit for task-agnostic retrieval"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL of {'prompt', 'templates', ...} (default: print)"),
+    k: int = typer.Option(3, "--k", "-k", min=1, help="templates per query"),
+) -> None:
+    """Put the most similar templates (same task first) before each query; the JSONL feeds `alloy generate --input`."""
+    from llm_alloy.files import write_atomic
+    from llm_alloy.thought.pipeline import apply_templates, read_queries
+    from llm_alloy.thought.templates import TemplateStore
+
+    try:
+        if (query is None) == (input is None):
+            raise ValueError("give exactly one of --query or --input")
+        items = [{"query": query, "task": task}] if query is not None else read_queries(input)
+        items = [{**item, "task": item["task"] or task} for item in items]
+        applied = apply_templates(TemplateStore.load(store), items, k)
+    except USER_ERRORS as error:
+        fail(error)
+    if query is not None and output is None:
+        print(applied[0]["prompt"])
+        return
+    lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in applied)
+    if output is None:
+        sys.stdout.write(lines)
+    else:
+        write_atomic(output, lines)
+        console.print(f"wrote {len(applied)} prompts to {output}")
+
+
+@distill_app.command("sft")
+def distill_sft_command(
+    config: Path = typer.Argument(..., help="distill config (YAML); see README"),
+    out: Path = typer.Argument(..., help="output directory: sft_data.jsonl, adapter/, model/"),
+) -> None:
+    """Fine-tune the target on the top-K logged responses of every training query (FusionFactory model level)."""
+    from llm_alloy.distill.top_responses import DistillSFTConfig, distill_sft
+
+    try:
+        result = distill_sft(load_config(config, DistillSFTConfig), out)
+    except USER_ERRORS as error:
+        fail(error)
+    summary, training = result.summary, result.training
+    console.print(
+        f"{summary.response_examples} response and {summary.label_examples} label examples "
+        f"from {summary.train_queries} training queries -> {result.data_path}"
+    )
+    loss = f", loss {training.losses[0]:.3f} -> {training.losses[-1]:.3f}" if training.losses else ""
+    adapter = f", adapter {training.adapter_dir}" if training.adapter_dir else ""
+    console.print(f"trained {training.steps} steps{loss}: model {training.model_dir}{adapter}")
+
+
 @distill_app.command("logits")
 def distill_logits(
     config: Path = typer.Argument(..., help="logit-fusion config (YAML); see README"),
