@@ -386,16 +386,17 @@ def distill_sft_command(
 
 @distill_app.command("logits")
 def distill_logits(
-    config: Path = typer.Argument(..., help="logit-fusion config (YAML); see README"),
+    config: str = typer.Argument(..., help="logit-fusion config (YAML), or 'demo' for the shipped one; see README"),
     out: Path = typer.Argument(..., help="run directory; rerun the same command to resume"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Logit-level fusion (FuseLLM / FusionX): the sources' top-k distributions distilled into the target."""
-    from llm_alloy.distill.logit_run import load_logit_config, run_logit_distill
+    from llm_alloy.distill.logit_run import demo_config_path, load_logit_config, run_logit_distill
     from llm_alloy.distill.vocab_map import VocabMapError
 
     try:
-        result = run_logit_distill(load_logit_config(config), out, progress=progress, say=lambda line: console.print(escape(line)))
+        settings = load_logit_config(demo_config_path() if config == "demo" else config)
+        result = run_logit_distill(settings, out, progress=progress, say=lambda line: console.print(escape(line)))
     except (VocabMapError, *USER_ERRORS) as error:
         fail(error)
     losses = [entry["total"] for entry in result.log]

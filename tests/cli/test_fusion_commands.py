@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import yaml
 from typer.testing import CliRunner
 
 from llm_alloy.cli import app
@@ -31,3 +32,24 @@ def test_a_broken_block_is_one_line_naming_the_row(tmp_path):
     assert result.output.startswith("error:") and "row" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "logs.jsonl").exists()
+
+
+def test_distill_logits_runs_a_config_and_resumes(tmp_path):
+    from tests.distill.test_logit_run import config_data
+
+    config = tmp_path / "logits.yaml"
+    config.write_text(yaml.safe_dump(config_data(tmp_path / "vocab", documents=2, steps=2)))
+    args = ["distill", "logits", str(config), str(tmp_path / "run"), "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "trained 2 steps" in first.output and (tmp_path / "run" / "report.html").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "trained 2 steps" in again.output
+
+
+def test_distill_logits_bad_config_is_one_line(tmp_path):
+    config = tmp_path / "logits.yaml"
+    config.write_text("target: tiny-llama\nsources: []\ncorpus: {path: nowhere.jsonl}\n")
+    result = runner.invoke(app, ["distill", "logits", str(config), str(tmp_path / "run")])
+    assert result.exit_code == 2 and result.output.startswith("error:")
+    assert len(result.output.strip().splitlines()) == 1
