@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,3 +22,20 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_state(path: Path, version: int) -> dict | None:
+    """A run directory's versioned JSON state; None when the run has not started.
+
+    Raises ValueError on a torn, foreign or other-version file: the caller names the run directory.
+    """
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.pop("version", None) != version:
+        raise ValueError("unknown state version")
+    return data
+
+
+def write_state(path: Path, version: int, data: dict) -> None:
+    write_atomic(path, json.dumps({"version": version, **data}, indent=1, ensure_ascii=False))

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_alloy.config import ConfigError, load_config
 from llm_alloy.distill.logit_trainer import LogitTrainSettings
-from llm_alloy.files import write_atomic
+from llm_alloy.files import read_state, write_atomic, write_state
 from llm_alloy.models.spec import ModelSpec
 
 STATE_VERSION = 1
@@ -133,18 +133,14 @@ class RunState:
 
     @classmethod
     def load(cls, path: Path) -> "RunState":
-        if not path.exists():
-            return cls()
         try:
-            data = json.loads(path.read_text())
-            if data.pop("version", None) != STATE_VERSION:
-                raise ValueError("unknown state version")
-            return cls(**data)
+            data = read_state(path, STATE_VERSION)
+            return cls() if data is None else cls(**data)
         except (ValueError, TypeError) as error:
             raise LogitRunError(f"{path}: corrupt run state ({error}); start a new run directory") from None
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps({"version": STATE_VERSION, **self.__dict__}, indent=1))
+        write_state(path, STATE_VERSION, self.__dict__)
 
 
 def stage_names(config: LogitDistillConfig) -> list[str]:

@@ -4,7 +4,6 @@ written to resumable shards (see `shards.py` for the layout)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 from llm_alloy.distill.corpus import Chunk
 from llm_alloy.distill.shards import SourceSequence, SourceShards, shard_header, source_dir, write_shards
 from llm_alloy.models.local import LocalBackend
-from llm_alloy.models.openai_backend import OpenAIBackend, RetryPolicy, _LoopThread
+from llm_alloy.models.openai_backend import OpenAIBackend, RetryPolicy, LoopThread, gather_or_cancel
 from llm_alloy.models.registry import resolve_model_path
 from llm_alloy.models.types import ModelError
 
@@ -168,7 +167,7 @@ def extract_openai(
 
             loaded["tokenizer"] = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
             loaded["lookup"] = TokenLookup(loaded["tokenizer"])
-        return _LoopThread.get().run(_echo_all(client, shard_chunks, loaded["tokenizer"], loaded["lookup"], k, token_ids_in_response, advance))
+        return LoopThread.get().run(_echo_all(client, shard_chunks, loaded["tokenizer"], loaded["lookup"], k, token_ids_in_response, advance))
 
     try:
         return write_shards(chunks, source_dir(out_dir, source), header, compute, progress, on_shard)
@@ -181,7 +180,7 @@ async def _echo_all(client: OpenAIBackend, chunks, tokenizer, lookup, k, token_i
 
     async def one(chunk: Chunk) -> SourceSequence:
         # max_tokens=1: the generated token's alternatives are the distribution after the whole text.
-        response = await client._call(
+        response = await client.call(
             lambda api: api.completions.create(
                 model=client.model_id, prompt=chunk.text, max_tokens=1, echo=True, logprobs=k, temperature=0.0, extra_body=extra
             )
@@ -193,13 +192,7 @@ async def _echo_all(client: OpenAIBackend, chunks, tokenizer, lookup, k, token_i
         advance(1)
         return sequence
 
-    tasks = [asyncio.ensure_future(one(chunk)) for chunk in chunks]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
+    return await gather_or_cancel([one(chunk) for chunk in chunks])
 
 
 def echo_sequence(text: str, logprobs, tokenizer, lookup: TokenLookup, k: int) -> SourceSequence:

@@ -28,7 +28,7 @@ from llm_alloy.explore.engine import Explorer
 from llm_alloy.explore.prompts import ParseLog
 from llm_alloy.explore.rebirth import apply_rebirth
 from llm_alloy.explore.tree import KnowledgeTree
-from llm_alloy.files import write_atomic
+from llm_alloy.files import read_state, write_atomic, write_state
 from llm_alloy.models.base import Backend
 from llm_alloy.models.cache import ResponseCache
 from llm_alloy.models.factory import build_backend
@@ -57,18 +57,14 @@ class RunState:
 
     @classmethod
     def load(cls, path: Path) -> "RunState":
-        if not path.exists():
-            return cls()
         try:
-            data = json.loads(path.read_text())
-            if data.pop("version", None) != STATE_VERSION:
-                raise ValueError("unknown state version")
-            return cls(**data)
+            data = read_state(path, STATE_VERSION)
+            return cls() if data is None else cls(**data)
         except (ValueError, TypeError) as error:
             raise RunDirectoryError(f"{path}: corrupt run state ({error}); start a new run directory") from None
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps({"version": STATE_VERSION, **self.__dict__}, indent=1, ensure_ascii=False))
+        write_state(path, STATE_VERSION, self.__dict__)
 
 
 def stages(config: ExploreConfig) -> list[str]:

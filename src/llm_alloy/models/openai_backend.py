@@ -12,7 +12,7 @@ import os
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable, Coroutine, TypeVar
 
 import openai
 
@@ -47,10 +47,10 @@ class RetryPolicy:
         return rng.uniform(0.5, 1.5) * min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
 
 
-class _LoopThread:
+class LoopThread:
     """One daemon thread running the asyncio loop all OpenAI-compatible requests use."""
 
-    _instance: "_LoopThread | None" = None
+    _instance: "LoopThread | None" = None
     _guard = threading.Lock()
 
     def __init__(self) -> None:
@@ -60,7 +60,7 @@ class _LoopThread:
         self.semaphores: dict[str, asyncio.Semaphore] = {}
 
     @classmethod
-    def get(cls) -> "_LoopThread":
+    def get(cls) -> "LoopThread":
         with cls._guard:
             if cls._instance is None:
                 cls._instance = cls()
@@ -116,8 +116,10 @@ class OpenAIBackend(Backend):
             )
         return self._client
 
-    async def _call(self, make_request) -> Any:
-        loop_thread = _LoopThread.get()
+    async def call(self, make_request) -> Any:
+        """One request (`make_request(client)`) under the endpoint's concurrency bound, with retries;
+        other request kinds (completions with echo, embeddings) reuse it."""
+        loop_thread = LoopThread.get()
         semaphore = loop_thread.semaphore(self.base_url, self.max_concurrency)
         client = self._get_client()
         for attempt in range(self.retry.max_retries + 1):
@@ -142,7 +144,7 @@ class OpenAIBackend(Backend):
         sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        return _LoopThread.get().run(self._generate_all(conversations, params, sample_index, on_result))
+        return LoopThread.get().run(self._generate_all(conversations, params, sample_index, on_result))
 
     async def agenerate(
         self,
@@ -151,7 +153,7 @@ class OpenAIBackend(Backend):
         sample_index: SampleIndex = 0,
         on_result: OnResult | None = None,
     ) -> list[Completion]:
-        return await _LoopThread.get().arun(self._generate_all(conversations, params, sample_index, on_result))
+        return await LoopThread.get().arun(self._generate_all(conversations, params, sample_index, on_result))
 
     async def _generate_all(self, conversations, params, sample_index, on_result) -> list[Completion]:
         indices = sample_indices(sample_index, len(conversations))
@@ -162,13 +164,7 @@ class OpenAIBackend(Backend):
                 on_result(index, completion)
             return completion
 
-        tasks = [asyncio.ensure_future(one(i, c)) for i, c in enumerate(conversations)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
+        return await gather_or_cancel([one(i, c) for i, c in enumerate(conversations)])
 
     async def _chat(self, conversation: Conversation, params: GenerationParams, sample_index: int) -> Completion:
         request: dict[str, Any] = {
@@ -183,7 +179,7 @@ class OpenAIBackend(Backend):
             request["stop"] = list(params.stop)
         if params.top_logprobs:
             request.update(logprobs=True, top_logprobs=params.top_logprobs)
-        response = await self._call(lambda client: client.chat.completions.create(**request))
+        response = await self.call(lambda client: client.chat.completions.create(**request))
         if not response.choices:
             raise ModelError(f"{self.name}: {self.base_url} answered with no choices")
         choice = response.choices[0]
@@ -206,12 +202,12 @@ class OpenAIBackend(Backend):
         async def all_scores() -> list[ScoredText]:
             return list(await asyncio.gather(*(self._score(p, c, top_logprobs) for p, c in zip(prompts, continuations))))
 
-        return _LoopThread.get().run(all_scores())
+        return LoopThread.get().run(all_scores())
 
     async def _score(self, prompt: str, continuation: str, top_logprobs: int) -> ScoredText:
         """Echo the text through the completions endpoint: the server returns each prompt token's logprob."""
         text = prompt + continuation
-        response = await self._call(
+        response = await self.call(
             lambda client: client.completions.create(
                 model=self.model_id, prompt=text, max_tokens=1, echo=True, logprobs=max(top_logprobs, 1), temperature=0.0
             )
@@ -232,7 +228,7 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         if self._client is not None:
-            _LoopThread.get().run(self._client.close())
+            LoopThread.get().run(self._client.close())
             self._client = None
 
 
@@ -247,3 +243,15 @@ def _describe(error: Exception) -> str:
     kind = type(error).__name__
     detail = str(error).splitlines()[0] if str(error) else kind
     return f"{kind} (HTTP {status}): {detail}" if status else f"{kind}: {detail}"
+
+
+async def gather_or_cancel(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """All results in order; on the first failure the other requests are cancelled, not left running
+    on the shared loop after their caller has given up."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
