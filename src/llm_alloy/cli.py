@@ -309,6 +309,64 @@ def number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+@route_app.command("train")
+def route_train(
+    config: Path = typer.Argument(..., help="route train config (YAML): logs, router, params, scenario, ...; see README"),
+    out: Path = typer.Argument(..., help="router directory to write (router.safetensors + router.json)"),
+) -> None:
+    """Train a router on logs, save it, and compare it on the test split with the best single arm and an oracle."""
+    from llm_alloy.route.train import RouteTrainConfig, train_router
+
+    try:
+        result = train_router(load_config(config, RouteTrainConfig), out)
+    except USER_ERRORS as error:
+        fail(error)
+    console.print(f"router ({result.router.kind}, {len(result.router.arms)} arms) saved to {result.directory}")
+    print(result.table.to_markdown())
+
+
+@route_app.command("eval")
+def route_eval(
+    router: Path = typer.Argument(..., help="a router directory written by `alloy route train`"),
+    logs: Path = typer.Argument(..., help="log records: .jsonl, .parquet or a datasets directory"),
+    split: str = typer.Option("test", help="train, validation or test: the router's own split of LOGS"),
+    embeddings: Optional[Path] = typer.Option(None, help="query embedding table directory (default: embed the query texts)"),
+    all_scenarios: bool = typer.Option(False, "--all-scenarios", help="score the choices under every scenario, not only the router's"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the rows as JSON"),
+) -> None:
+    """Reward, performance and cost of a saved router against the best single arm, an oracle and random choice."""
+    from llm_alloy.files import write_atomic
+    from llm_alloy.logs.matrix import SCENARIOS
+    from llm_alloy.route.train import evaluate_router
+
+    try:
+        if split not in ("train", "validation", "test"):
+            raise ValueError(f"--split must be train, validation or test (got '{split}')")
+        table = evaluate_router(router, logs, split, embeddings, list(SCENARIOS) if all_scenarios else None)
+    except USER_ERRORS as error:
+        fail(error)
+    print(table.to_markdown())
+    if output:
+        write_atomic(output, json.dumps({"split": table.split, "queries": table.n_queries, "rows": table.to_dicts()}, indent=2))
+
+
+@route_app.command("serve")
+def route_serve(
+    router_dir: Path = typer.Argument(..., help="a saved router directory"),
+    config: Path = typer.Argument(..., help="a config whose models: list declares the arms' models (e.g. the collect config)"),
+    host: str = typer.Option("127.0.0.1", help="bind address"),
+    port: int = typer.Option(8000, help="port"),
+) -> None:
+    """OpenAI-compatible endpoint: model 'router' forwards each request to the routed arm (header x-alloy-arm)."""
+    from llm_alloy.route.serve import serve_router
+
+    try:
+        console.print(f"serving 'router' at http://{host}:{port}/v1")
+        serve_router(router_dir, config, host, port)
+    except (OSError, *USER_ERRORS) as error:
+        fail(error)
+
+
 @templates_app.command("build")
 def templates_build(
     config: Path = typer.Argument(..., help="templates config (YAML); see README"),

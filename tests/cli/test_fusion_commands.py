@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from typer.testing import CliRunner
 
@@ -53,3 +55,26 @@ def test_distill_logits_bad_config_is_one_line(tmp_path):
     result = runner.invoke(app, ["distill", "logits", str(config), str(tmp_path / "run")])
     assert result.exit_code == 2 and result.output.startswith("error:")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_route_train_then_eval_beats_the_best_single_arm(tmp_path):
+    from llm_alloy.logs.embeddings import EmbeddingTable
+    from llm_alloy.logs.io import write_logs
+    from llm_alloy.logs.synthetic import synthetic_logs
+
+    logs = synthetic_logs(400, n_arms=6, n_clusters=4, dim=32, seed=1)
+    write_logs(logs.to_records(), tmp_path / "logs.jsonl")
+    EmbeddingTable(logs.matrix.query_ids, logs.embeddings, "synthetic", "none").save(tmp_path / "emb")
+    config = tmp_path / "route.yaml"
+    config.write_text(yaml.safe_dump({
+        "logs": str(tmp_path / "logs.jsonl"), "embeddings": str(tmp_path / "emb"), "router": "knn", "params": {"k": 10},
+    }))
+    trained = runner.invoke(app, ["route", "train", str(config), str(tmp_path / "router")])
+    assert trained.exit_code == 0, trained.output
+    evaluated = runner.invoke(app, ["route", "eval", str(tmp_path / "router"), str(tmp_path / "logs.jsonl"),
+                                    "--embeddings", str(tmp_path / "emb"), "-o", str(tmp_path / "eval.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    rows = {row["method"].split(" (")[0]: row for row in json.loads((tmp_path / "eval.json").read_text())["rows"]}
+    assert rows["router"]["reward"] > rows["best single arm"]["reward"] + 0.2
+    bad = runner.invoke(app, ["route", "eval", str(tmp_path / "router"), str(tmp_path / "logs.jsonl"), "--split", "dev"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1

@@ -128,6 +128,14 @@ class Batcher:
                     job.future.set_result(result)
 
 
+async def openai_error(_request, error: HTTPException) -> JSONResponse:
+    """HTTP errors in the OpenAI error shape, which clients (the openai package) parse."""
+    return JSONResponse(
+        {"error": {"message": error.detail, "type": "invalid_request_error", "code": error.status_code}},
+        status_code=error.status_code,
+    )
+
+
 def create_app(backend: LocalBackend, served_name: str | None = None, default_max_tokens: int = 256) -> FastAPI:
     served = served_name or backend.name
     app = FastAPI(title=f"llm-alloy serving {served}")
@@ -137,12 +145,7 @@ def create_app(backend: LocalBackend, served_name: str | None = None, default_ma
         if name != served:
             raise HTTPException(404, f"model '{name}' is not served here (this server serves '{served}')")
 
-    @app.exception_handler(HTTPException)
-    async def openai_error(_request, error: HTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": error.detail, "type": "invalid_request_error", "code": error.status_code}},
-            status_code=error.status_code,
-        )
+    app.add_exception_handler(HTTPException, openai_error)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
