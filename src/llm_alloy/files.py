@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import ClassVar, Self
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -24,18 +25,27 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
-def read_state(path: Path, version: int) -> dict | None:
-    """A run directory's versioned JSON state; None when the run has not started.
+class RunStateFile:
+    """Load/save of a run directory's state dataclass as versioned JSON, written atomically.
 
-    Raises ValueError on a torn, foreign or other-version file: the caller names the run directory.
+    Subclasses set `version` and `error` (the run's own one-line error type): a torn, foreign or
+    other-version file is reported as corrupt instead of being half-read.
     """
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or data.pop("version", None) != version:
-        raise ValueError("unknown state version")
-    return data
 
+    version: ClassVar[int] = 1
+    error: ClassVar[type[Exception]] = ValueError
 
-def write_state(path: Path, version: int, data: dict) -> None:
-    write_atomic(path, json.dumps({"version": version, **data}, indent=1, ensure_ascii=False))
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or data.pop("version", None) != cls.version:
+                raise ValueError("unknown state version")
+            return cls(**data)
+        except (ValueError, TypeError) as error:
+            raise cls.error(f"{path}: corrupt run state ({error}); start a new run directory") from None
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps({"version": self.version, **self.__dict__}, indent=1, ensure_ascii=False))

@@ -25,14 +25,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_alloy.config import ConfigError, load_config
 from llm_alloy.distill.logit_trainer import LogitTrainSettings
-from llm_alloy.files import read_state, write_atomic, write_state
+from llm_alloy.files import RunStateFile, write_atomic
 from llm_alloy.models.spec import ModelSpec
 
 STATE_VERSION = 1
@@ -127,20 +127,12 @@ def demo_config_path() -> Path:
 
 
 @dataclass
-class RunState:
+class RunState(RunStateFile):
+    version: ClassVar[int] = STATE_VERSION
+    error: ClassVar[type[Exception]] = LogitRunError
+
     done: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> "RunState":
-        try:
-            data = read_state(path, STATE_VERSION)
-            return cls() if data is None else cls(**data)
-        except (ValueError, TypeError) as error:
-            raise LogitRunError(f"{path}: corrupt run state ({error}); start a new run directory") from None
-
-    def save(self, path: Path) -> None:
-        write_state(path, STATE_VERSION, self.__dict__)
 
 
 def stage_names(config: LogitDistillConfig) -> list[str]:

@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import yaml
@@ -28,7 +28,7 @@ from llm_alloy.explore.engine import Explorer
 from llm_alloy.explore.prompts import ParseLog
 from llm_alloy.explore.rebirth import apply_rebirth
 from llm_alloy.explore.tree import KnowledgeTree
-from llm_alloy.files import read_state, write_atomic, write_state
+from llm_alloy.files import RunStateFile, write_atomic
 from llm_alloy.models.base import Backend
 from llm_alloy.models.cache import ResponseCache
 from llm_alloy.models.factory import build_backend
@@ -46,7 +46,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 @dataclass
-class RunState:
+class RunState(RunStateFile):
+    version: ClassVar[int] = STATE_VERSION
+    error: ClassVar[type[Exception]] = RunDirectoryError
+
     done: list[str] = field(default_factory=list)
     tree: str | None = None
     target_path: str | None = None
@@ -54,17 +57,6 @@ class RunState:
     metrics: list[dict] = field(default_factory=list)
     peer_wins: dict[str, int] = field(default_factory=dict)
     parse_log: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> "RunState":
-        try:
-            data = read_state(path, STATE_VERSION)
-            return cls() if data is None else cls(**data)
-        except (ValueError, TypeError) as error:
-            raise RunDirectoryError(f"{path}: corrupt run state ({error}); start a new run directory") from None
-
-    def save(self, path: Path) -> None:
-        write_state(path, STATE_VERSION, self.__dict__)
 
 
 def stages(config: ExploreConfig) -> list[str]:
