@@ -229,3 +229,21 @@ def test_gemma_as_a_third_source(tmp_path, vocab_cache):
     assert all(sum(1 for w in e["weights"].values() if w > 0) >= 2 for e in result.log)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["metrics"]["sources"]["gemma"]["mapped_share"] > 0.5
+
+
+@pytest.mark.slow
+def test_two_data_parallel_processes_under_accelerate_launch(tmp_path, vocab_cache):
+    """The same run under `accelerate launch` with two CPU processes: the main process prepares the
+    data, both train on their shard of each batch, and one model is saved."""
+    config = tmp_path / "logits.yaml"
+    config.write_text(yaml.safe_dump(config_data(vocab_cache, documents=2, steps=3)))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "-m", "llm_alloy.distill.logit_run", str(config), str(out), "--no-progress"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.count("trained 3 steps") == 1  # only the main process reports
+    log = [json.loads(line) for line in (out / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert (out / "train" / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "train" / "model" / "model.safetensors").exists()
