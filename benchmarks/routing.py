@@ -125,6 +125,12 @@ def main() -> None:
         )
         lines.append(f"| {method} | {cells} |")
     lines.append(f"\nLoad average at end: {load()}.")
+    lines.append(
+        "\nNotes: inference is one batch of all test queries with precomputed embeddings. kNN is an exact "
+        "brute-force search (one matrix product and a top-k against every training query), so its "
+        "throughput is bound by the CPU's matrix-product speed and falls under load; the torch routers "
+        "run on one thread (their networks are too small to gain from more)."
+    )
 
     text = "\n".join(lines) + "\n"
     print(text)
