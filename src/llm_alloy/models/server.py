@@ -167,21 +167,7 @@ def create_app(backend: LocalBackend, served_name: str | None = None, default_ma
         logprobs = None
         if request.logprobs and completion.logprobs is not None:
             logprobs = {"content": [_chat_token(t, request.top_logprobs or 0) for t in completion.logprobs]}
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "finish_reason": completion.finish_reason,
-                    "logprobs": logprobs,
-                }
-            ],
-            "usage": _usage(completion.usage.prompt_tokens, completion.usage.completion_tokens),
-        }
+        return chat_completion_body(served, completion, logprobs)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> dict[str, Any]:
@@ -212,6 +198,25 @@ def create_app(backend: LocalBackend, served_name: str | None = None, default_ma
         }
 
     return app
+
+
+def chat_completion_body(model: str, completion: Completion, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAI chat.completion response for one completion."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+                "logprobs": logprobs,
+            }
+        ],
+        "usage": _usage(completion.usage.prompt_tokens, completion.usage.completion_tokens),
+    }
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

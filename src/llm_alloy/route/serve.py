@@ -9,8 +9,6 @@ header. A request naming an arm itself skips routing, so clients can compare aga
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -21,7 +19,7 @@ from fastapi.responses import JSONResponse
 from llm_alloy.config import ConfigError, parse_config
 from llm_alloy.logs.schema import parse_arm, render_prompt
 from llm_alloy.models.base import Backend
-from llm_alloy.models.server import ChatRequest, openai_error
+from llm_alloy.models.server import ChatRequest, chat_completion_body, openai_error
 from llm_alloy.models.spec import ModelsSection
 from llm_alloy.models.types import ModelError
 
@@ -88,22 +86,7 @@ def create_router_app(
             (completion,) = await backends[model].agenerate([conversation], request.params(default_max_tokens, 0))
         except ModelError as error:
             raise HTTPException(502, f"arm '{arm}': {error}") from None
-        prompt_tokens, completion_tokens = completion.usage.prompt_tokens, completion.usage.completion_tokens
-        body = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": arm,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": completion.text},
-                    "finish_reason": completion.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
-        }
+        body = chat_completion_body(arm, completion)
         return JSONResponse(body, headers={"x-alloy-arm": arm, "x-alloy-model": model})
 
     return app
