@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
@@ -49,3 +49,24 @@ class RunStateFile:
 
     def save(self, path: Path) -> None:
         write_atomic(path, json.dumps({"version": self.version, **self.__dict__}, indent=1, ensure_ascii=False))
+
+
+def load_dataset_dir(path: Path, error: type[Exception], split: str | None = None) -> Any:
+    """A `datasets.save_to_disk` directory as one `datasets.Dataset`.
+
+    A directory holding several splits gives `split` (or its only split) when one is asked for, and
+    `error` otherwise: silently reading one of them would hide the others.
+    """
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise error(f"{path}: not a `datasets` directory (no saved dataset found)") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is not None and (split in loaded or len(splits) == 1):
+            return loaded[split if split in loaded else splits[0]]
+        none_named = f" and none named '{split}'" if split else ""
+        raise error(f"{path}: holds several splits ({', '.join(splits)}){none_named}; pass one split's directory")
+    return loaded

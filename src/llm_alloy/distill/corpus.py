@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from llm_alloy.files import load_dataset_dir
+
 T = TypeVar("T")
 
 
@@ -108,17 +110,7 @@ def _txt(path: Path) -> Iterator[str]:
 
 
 def _dataset_dir(path: Path, text_field: str) -> Iterator[str]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise CorpusError(f"{path}: not a saved dataset folder (no dataset_info.json / dataset_dict.json)") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if "train" not in loaded and len(splits) != 1:
-            raise CorpusError(f"{path}: several splits ({', '.join(splits)}) and none named 'train'")
-        loaded = loaded["train" if "train" in loaded else splits[0]]
+    loaded = load_dataset_dir(path, CorpusError, split="train")
     if text_field not in loaded.column_names:
         raise CorpusError(f"{path}: no '{text_field}' column (found: {', '.join(loaded.column_names)})")
     for batch in loaded.select_columns([text_field]).iter(batch_size=1024):

@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from llm_alloy.config import describe_validation_error
+from llm_alloy.files import load_dataset_dir
 from llm_alloy.logs.embeddings import EmbeddingTable
 from llm_alloy.logs.schema import LogRecord, parse_arm
 
@@ -182,15 +183,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_saved_dataset(path: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise FusionBenchFormatError(f"{path}: not a `datasets` directory") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise FusionBenchFormatError(f"{path}: holds several splits ({', '.join(dataset)}); pass one split's directory")
-    return dataset.to_list()
+    return load_dataset_dir(path, FusionBenchFormatError).to_list()
 
 
 # --- blocks ---

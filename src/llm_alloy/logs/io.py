@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Literal
 from pydantic import ValidationError
 
 from llm_alloy.config import describe_validation_error
+from llm_alloy.files import load_dataset_dir
 from llm_alloy.logs.schema import LogRecord
 
 Format = Literal["jsonl", "parquet", "hf"]
@@ -263,14 +264,7 @@ def _tabular_batches(path: Path, kind: Format) -> Iterator[Any]:
             raise LogFileError(f"{path}: not a readable Parquet file ({error})") from None
         yield from parquet.iter_batches(batch_size=_BATCH_ROWS)
         return
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except FileNotFoundError:
-        raise LogFileError(f"{path}: not a `datasets` directory (no saved Dataset found)") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        raise LogFileError(f"{path}: holds several splits ({', '.join(dataset)}); pass one split's directory")
+    dataset = load_dataset_dir(path, LogFileError)
     yield from dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS)
 
 
