@@ -21,35 +21,25 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from llm_alloy.distill.sft import FineTuneSettings
 from llm_alloy.files import write_atomic
 
 
-class LogitTrainSettings(BaseModel):
+class LogitTrainSettings(FineTuneSettings):
     """How the target is trained on the fused distributions."""
 
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["lora", "full"] = "lora"
     clm_weight: float = Field(0.9, ge=0, le=1, description="lambda: weight of the CLM loss, 1 - lambda goes to fusion")
-    learning_rate: float = Field(2e-4, gt=0)
     selector_learning_rate: float = Field(1e-3, gt=0, description="learning rate of the fusion's own parameters")
-    epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimiser steps; overrides epochs")
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: str | list[str] = Field(
         "all-linear", description="peft target_modules; 'all-linear' leaves out the output head, list it to train it too"
     )
-    bf16: bool = False
-    gradient_checkpointing: bool = False
     device: Literal["auto", "cpu"] = Field("auto", description="auto: the accelerator's device (GPU when present)")
     seed: int = 0
 

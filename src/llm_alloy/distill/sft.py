@@ -23,8 +23,9 @@ from llm_alloy.models.local import plain_prompt
 from llm_alloy.models.registry import resolve_model_path
 
 
-class SFTSettings(BaseModel):
-    """One round of supervised fine-tuning."""
+class FineTuneSettings(BaseModel):
+    """What every training of the target shares (SFT rounds, logit distillation): the same names in
+    every config, with the same defaults."""
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["lora", "full"] = "lora"
@@ -32,12 +33,17 @@ class SFTSettings(BaseModel):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(4, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     bf16: bool = False
     gradient_checkpointing: bool = False
+
+
+class SFTSettings(FineTuneSettings):
+    """One round of supervised fine-tuning."""
+
+    max_length: int = Field(512, ge=16)
 
 
 @dataclass
