@@ -18,6 +18,8 @@ def test_final_answer_extraction():
     assert final_answer("Let me think.\nSo the answer is 42.") == "42"
     assert final_answer(r"We get \boxed{7/2} in the end") == "7/2"
     assert final_answer("line one\nParis") == "Paris"
+    # nested braces: the whole boxed expression, not a fall-through to the last line
+    assert final_answer("so \\boxed{\\frac{1}{2}}\nDone.") == "\\frac{1}{2}"
 
 
 def test_exact_numeric_and_math():

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_alloy.distill.sft import SFTResult, SFTSettings, train_sft
 from llm_alloy.files import write_atomic
+from llm_alloy.evaluate.verifiers import last_boxed
 from llm_alloy.logs.matrix import split_of
 from llm_alloy.logs.schema import LogRecord, render_prompt
 from llm_alloy.logs.select import Criterion, group_by_query, top_responses
@@ -53,19 +54,6 @@ def label_answer(metric: str, ground_truth: str) -> str | None:
     if metric == "math":
         return f"\\boxed{{{last_boxed(truth) or truth}}}"
     return truth
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...}, nested braces included (\\boxed{\\frac{1}{2}})."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for position in range(begin - 1, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[position], 0)
-        if depth == 0:
-            return text[begin:position].strip()
-    return None
 
 
 @dataclass
