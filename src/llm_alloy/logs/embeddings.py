@@ -63,6 +63,14 @@ def embed_texts(
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, as contiguous float32, so a dot product is a cosine similarity. Rows
+    already of length 1 are left as they are (a saved store loads back bit for bit); zero rows stay zero."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.where((norms > 0) & (np.abs(norms - 1) > 1e-6), norms, 1.0))
+
+
 @dataclass
 class EmbeddingTable:
     ids: list[str]

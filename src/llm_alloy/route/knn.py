@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from llm_alloy.logs.embeddings import unit_rows
 from llm_alloy.route.base import Router, RouterParams, masked_mean
 
 BATCH = 2048
@@ -46,7 +47,7 @@ class KnnRouter(Router):
     params: KnnParams
 
     def _fit(self, X, R, X_val, R_val, **side) -> None:
-        self.keys = _unit_rows(X)
+        self.keys = unit_rows(X)
         logged = np.isfinite(R)
         self.rewards = np.where(logged, R, 0.0).astype(np.float32)
         self.logged = logged.astype(np.float32)
@@ -57,7 +58,7 @@ class KnnRouter(Router):
         k = min(self.params.k, len(self.keys))
         rewards, logged = torch.from_numpy(self.rewards), torch.from_numpy(self.logged)
         with torch.inference_mode():
-            similarity, neighbours = nearest(torch.from_numpy(_unit_rows(X)), torch.from_numpy(self.keys), k)
+            similarity, neighbours = nearest(torch.from_numpy(unit_rows(X)), torch.from_numpy(self.keys), k)
             weights = similarity.clamp_min(0.0) if self.params.weighted else torch.ones_like(similarity)
             weights = weights.unsqueeze(2)
             total = (rewards[neighbours] * weights).sum(1)
@@ -71,8 +72,3 @@ class KnnRouter(Router):
     def _restore(self, tensors: dict[str, np.ndarray]) -> None:
         self.keys, self.rewards = tensors["keys"], tensors["rewards"]
         self.logged, self.prior = tensors["logged"], tensors["prior"]
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return np.ascontiguousarray(X / np.maximum(norms, 1e-12), dtype=np.float32)

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_alloy.files import write_atomic
+from llm_alloy.logs.embeddings import embed_texts, unit_rows
 from llm_alloy.logs.matrix import split_of
 from llm_alloy.logs.schema import LogRecord
 from llm_alloy.logs.select import Criterion, group_by_query, normalised_text, top_responses
@@ -91,7 +92,7 @@ class TemplateStore:
             vectors = vectors.reshape(0, vectors.shape[-1] if vectors.ndim == 2 else 0)
         if vectors.ndim != 2 or len(vectors) != len(self.templates):
             raise TemplateStoreError(f"{len(self.templates)} templates but embeddings of shape {vectors.shape}")
-        self.embeddings = _unit_rows(vectors)
+        self.embeddings = unit_rows(vectors)
 
     def save(self, directory: str | Path) -> None:
         from safetensors.numpy import save_file
@@ -142,16 +143,7 @@ def _jsonl_line(template: ThoughtTemplate) -> str:
     return json.dumps(template.model_dump(), ensure_ascii=False) + "\n"
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1; rows already of length 1 are left as they are, so a saved store
-    loads back bit for bit."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.where((norms > 0) & (np.abs(norms - 1) > 1e-6), norms, 1.0)
-
-
 def default_embed(encoder: str) -> Embed:
-    from llm_alloy.logs.embeddings import embed_texts
-
     return lambda texts: embed_texts(texts, model=encoder)
 
 
@@ -360,7 +352,7 @@ def retrieve_many(
     if not store.templates or not queries:
         return [[] for _ in queries]
     tasks = list(tasks) if tasks is not None else [None] * len(queries)
-    vectors = _unit_rows(np.asarray((embed or default_embed(store.encoder))(list(queries)), dtype=np.float32))
+    vectors = unit_rows(np.asarray((embed or default_embed(store.encoder))(list(queries)), dtype=np.float32))
     similarities = vectors @ store.embeddings.T
     stored_tasks = np.array([t.task for t in store.templates])
     results = []
